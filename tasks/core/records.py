@@ -61,6 +61,63 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class StepCredit:
+    """One labelled step of a rollout: Monte-Carlo Q_i = P(correct | question, steps 1..i), Setlur et al. eq. (1).
+
+    Step 0 is the empty prefix (Q_0, the question's success rate under the policy). Strategies that skip steps
+    (`binary`, `scan`) emit rows only for the steps they visited, so `advantage` is None unless step i-1 is known."""
+
+    rollout_id: str
+    problem_id: str
+    step_index: int  # 0 = the question alone; i >= 1 = after the i-th step
+    step_text: str  # the i-th step as it appears in the completion ("" for step 0)
+    end: int  # character offset in the completion where the prefix ends: completion[:end] is steps 1..i
+    q: float  # fraction of continuations from this prefix that verify (optionally Best-of-K transformed)
+    advantage: float | None  # A_i = Q_i - Q_{i-1}
+    n_continuations: int
+    strategy: str  # linear | scan | binary
+    is_pit: bool  # the rollout's first pit: the first step with the lowest Q
+
+
+@dataclass(frozen=True)
+class StepwiseExample:
+    """A rollout as TRL's stepwise-supervision row (PRM training): one boolean label per step."""
+
+    rollout_id: str
+    problem_id: str
+    prompt: str
+    completions: list[str]
+    labels: list[bool]
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """A prompt/completion row for TRL's SFTTrainer: reference solutions (sft) or the policy's own (rft...)."""
+
+    example_id: str
+    kind: str  # sft | rft | rft_advantage
+    problem_id: str
+    rollout_id: str | None  # None for reference solutions
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt/chosen/rejected row for TRL's DPOTrainer, with where each side came from."""
+
+    pair_id: str
+    kind: str  # outcome | edit_distance | step_cut | step_prefix
+    problem_id: str
+    prompt: str  # for step_prefix: the question + the steps before the pit
+    chosen: str
+    rejected: str
+    chosen_rollout_id: str | None  # None when chosen is a continuation sampled during credit
+    rejected_rollout_id: str
+    pit_index: int | None  # the rejected rollout's first pit (per-step kinds)
+
+
+@dataclass(frozen=True)
 class Quarantined:
     """A row a stage refused, kept with where it came from and why, so a flow never dies on one bad row."""
 
@@ -70,4 +127,5 @@ class Quarantined:
     excerpt: str
 
 
-RECORDS = {cls.__name__: cls for cls in (Problem, Rollout, Verdict, Quarantined)}
+RECORDS = {cls.__name__: cls for cls in (Problem, Rollout, Verdict, StepCredit, StepwiseExample, SFTExample,
+                                         PreferencePair, Quarantined)}
