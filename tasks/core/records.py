@@ -77,6 +77,7 @@ class StepCredit:
     n_continuations: int
     strategy: str  # linear | scan | binary
     is_pit: bool  # the rollout's first pit: the first step with the lowest Q
+    correct_continuation: str | None  # one verified continuation from this prefix (per-step DPO's chosen side)
 
 
 @dataclass(frozen=True)

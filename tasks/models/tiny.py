@@ -67,6 +67,28 @@ def init_model(tokenizer: PreTrainedTokenizerFast, cfg: PolicyConfig) -> LlamaFo
     return model
 
 
+class LengthBatches(torch.utils.data.Sampler):
+    """Batches of rows of near-equal length, in random order: little padding, and no stage runs in a streak.
+
+    transformers' group_by_length sorts each mega-batch longest-first, so training sweeps from the longest toy
+    stage to the shortest again and again; on toy data that sawtooth stalled learning. Here rows are sorted by
+    length once per epoch (ties broken at random) and the resulting batches are shuffled."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = sorted(torch.randperm(len(self.lengths), generator=g).tolist(), key=self.lengths.__getitem__)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=g).tolist():
+            yield from batches[b]
+
+
 class _StepTimer(TrainerCallback):
     """Seconds per optimizer step: on a shared machine the median says what the hardware does, wall what it got."""
 
@@ -104,10 +126,9 @@ def build_trainer(
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
         "data_seed": cfg.seed,
-        # Random batches, padded: group_by_length would halve the padding, but on toy data a row's length tracks its
-        # stage and digit counts, and length-sorted batches stalled learning (a 0.9M model never learned to copy
-        # the operands of single-digit sums in 200 steps that random batches learn in 100).
-        "train_sampling_strategy": "random",
+        # Near-equal lengths per batch halve the padding; LengthBatches (below) does it without transformers'
+        # longest-first sweep. trl_args {"train_sampling_strategy": "random"} pads random batches instead.
+        "train_sampling_strategy": "group_by_length",
         "max_length": cfg.max_length,
         "completion_only_loss": True,
         "use_cpu": True,
@@ -121,12 +142,19 @@ def build_trainer(
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
     }
+    class _LengthBatchedSFT(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            return LengthBatches([len(ids) for ids in ds["input_ids"]], self.args.train_batch_size, self.args.seed)
+
     # trl_args are SFTConfig keywords passed through verbatim; they win over the defaults above.
     sft_config = SFTConfig(**{**args, **cfg.trl_args})
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # five progress bars for preprocessing a few thousand rows are noise
     try:
-        trainer = SFTTrainer(
+        trainer = _LengthBatchedSFT(
             model=model,
             args=sft_config,
             train_dataset=datasets.Dataset.from_list(rows),
