@@ -1,0 +1,374 @@
+"""Problems, Rollouts + Verdicts (+ StepCredit) -> training sets: SFT / RFT rows and preference pairs.
+
+Every builder returns `Built(rows, skipped)`: `skipped` counts the input records that became no row, each under
+the first reason that kept it out. Shared reasons, counted by every rollout builder:
+
+- `no_verdict`, `not_train` (rollouts of test problems never enter a training set),
+- `truncated`: a correct rollout that hit the length limit (finish_reason "length"); its text is not a whole
+  solution, so it is never a chosen side,
+- `no_answer`, `unparseable`, `timeout`: only `wrong` rollouts are rejected sides. A missing or unparseable answer
+  is mostly a format or length failure, not the reasoning error per-step credit is about, and `timeout` means the
+  grader could not decide, so the rollout may even be right.
+
+Rollouts are grouped by (problem_id, prompt), so the two sides of a pair always share their prompt (caps "per
+problem" are per group; the sample stage writes one prompt per problem), and sorted by rollout_id, so the order
+the lake returns them in never matters. Random choices draw from a `random.Random` seeded by the builder, `seed`
+and the group: one problem's draws never depend on another's.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
+
+from mathfactory.tasks.core import format
+from mathfactory.tasks.core.records import (
+    PreferencePair,
+    Problem,
+    Rollout,
+    SFTExample,
+    StepCredit,
+    Verdict,
+    stable_id,
+)
+
+T = TypeVar("T")
+DEDUPS = ("equations", "edit_distance")
+UNITS = ("char", "step")
+
+
+@dataclass(frozen=True)
+class Built(Generic[T]):
+    rows: list[T]
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Group:
+    correct: list[Rollout] = field(default_factory=list)  # chosen sides
+    wrong: list[Rollout] = field(default_factory=list)  # rejected sides
+
+
+def _groups(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], skipped: Counter[str]):
+    """(problem_id, prompt) -> usable rollouts, in key order; the others are counted in `skipped`."""
+    reason_of = {v.rollout_id: v.reason for v in verdicts}
+    groups: dict[tuple[str, str], _Group] = defaultdict(_Group)
+    for r in rollouts:
+        reason = reason_of.get(r.rollout_id, "no_verdict")
+        if r.split != "train":
+            reason = "not_train"
+        elif reason == "correct" and r.finish_reason == "length":
+            reason = "truncated"
+        if reason == "correct":
+            groups[r.problem_id, r.prompt].correct.append(r)
+        elif reason == "wrong":
+            groups[r.problem_id, r.prompt].wrong.append(r)
+        else:
+            skipped[reason] += 1
+    for g in groups.values():
+        g.correct.sort(key=lambda r: r.rollout_id)
+        g.wrong.sort(key=lambda r: r.rollout_id)
+    return sorted(groups.items())
+
+
+def _rng(kind: str, seed: int, key: tuple[str, str]) -> random.Random:
+    return random.Random(stable_id(kind, seed, *key))
+
+
+# --- SFT and RFT ------------------------------------------------------------------------------------------
+
+
+def sft_examples(problems: Iterable[Problem]) -> Built[SFTExample]:
+    """Reference solutions as prompt/completion rows (D_syn); skips `not_train`, `no_solution`."""
+    rows, skipped = [], Counter()
+    for p in problems:
+        if p.split != "train":
+            skipped["not_train"] += 1
+        elif not p.solution.strip():
+            skipped["no_solution"] += 1
+        else:
+            rows.append(
+                SFTExample(
+                    stable_id("sft", p.problem_id),
+                    "sft",
+                    p.problem_id,
+                    None,
+                    format.prompt(p.question),
+                    format.completion(p.solution),
+                )
+            )
+    return Built(rows, skipped)
+
+
+# An equation is arithmetic = number: the inside of a calculator annotation `<<48/2=24>>` or a bare `48 / 2 = 24`.
+# In `48/2=<<48/2=24>>24` only the annotation matches (a number must follow `=`), so each step counts once.
+_NUM = r"\(*\s*\d[\d,]*(?:\.\d+)?\s*\)*"
+_EQUATION = re.compile(
+    rf"({_NUM}(?:\s*(?:\*\*|//|[-+*/×÷^])\s*{_NUM})+)\s*=\s*(-?\s*\d[\d,]*(?:\.\d+)?(?:/\d+)?)"
+)
+_SPACE_OR_COMMA = re.compile(r"[\s,]")
+
+
+def equations(text: str) -> tuple[str, ...]:
+    """The solution's equations in order, spaces and thousands separators removed: `("5+3=8", "8-2=6")`."""
+    return tuple(_SPACE_OR_COMMA.sub("", f"{lhs}={rhs}") for lhs, rhs in _EQUATION.findall(text))
+
+
+def _equation_key(text: str) -> tuple[str, ...]:
+    # A solution without equations (prose, LaTeX) is keyed by its whitespace-normalised text instead: keyed by
+    # its empty equation list, every such solution of a problem would count as one.
+    return equations(text) or ("", " ".join(text.split()))
+
+
+def _same(a: str, b: str, dedup: str, threshold: float) -> bool:
+    if dedup == "equations":
+        return _equation_key(a) == _equation_key(b)
+    return edit_distance(a, b) < threshold
+
+
+def rft(
+    rollouts: Iterable[Rollout],
+    verdicts: Iterable[Verdict],
+    k: int,
+    dedup: str = "equations",
+    threshold: float = 0.1,
+    seed: int = 0,
+) -> Built[SFTExample]:
+    """RFT positives: up to `k` distinct correct rollouts per problem, drawn in a seeded random order.
+
+    `dedup="equations"` drops a solution whose equation sequence equals a kept one's (Yuan et al. 2023);
+    `"edit_distance"` drops one whose normalized character edit distance to a kept one is below `threshold`.
+    Skips: the shared reasons, `duplicate`, `over_k`."""
+    if dedup not in DEDUPS:
+        raise ValueError(f"dedup must be one of {DEDUPS}, got {dedup!r}")
+    rows, skipped = [], Counter()
+    for key, g in _groups(rollouts, verdicts, skipped):
+        positives = list(g.correct)
+        _rng("rft", seed, key).shuffle(positives)
+        kept: list[Rollout] = []
+        for r in positives:
+            if len(kept) == k:
+                skipped["over_k"] += 1
+            elif any(_same(r.completion, o.completion, dedup, threshold) for o in kept):
+                skipped["duplicate"] += 1
+            else:
+                kept.append(r)
+        rows += [
+            SFTExample(
+                stable_id("rft", r.rollout_id), "rft", r.problem_id, r.rollout_id, r.prompt, r.completion
+            )
+            for r in kept
+        ]
+    return Built(rows, skipped)
+
+
+def _min_advantages(credits: Iterable[StepCredit]) -> dict[str, float]:
+    """rollout_id -> min_i A_i over the steps whose advantage is known."""
+    low: dict[str, float] = {}
+    for c in credits:
+        if c.step_index >= 1 and c.advantage is not None:
+            low[c.rollout_id] = min(c.advantage, low.get(c.rollout_id, c.advantage))
+    return low
+
+
+def rft_advantage(positives: Iterable[SFTExample], credits: Iterable[StepCredit]) -> Built[SFTExample]:
+    """Advantage-filtered RFT (Setlur et al.): `rft(...)` rows minus those whose minimum step advantage is below
+    the median of the positives that have one, i.e. the bottom half, whose spurious steps luck carried through.
+
+    Ties at the median are kept, so at least half of the judged positives stay. A positive without any step
+    advantage (no credit rows, or only steps a `binary`/`scan` search visited without their predecessor) cannot
+    be judged and is dropped as `no_credit`: the set must hold only positives judged clean, and the count shows how
+    much credit covered. Skips: `no_credit`, `low_advantage`."""
+    positives = list(positives)
+    low = _min_advantages(credits)
+    judged = [low[p.rollout_id] for p in positives if p.rollout_id in low]
+    median = statistics.median(judged) if judged else 0.0
+    rows, skipped = [], Counter()
+    for p in positives:
+        if p.rollout_id not in low:
+            skipped["no_credit"] += 1
+        elif low[p.rollout_id] < median:
+            skipped["low_advantage"] += 1
+        else:
+            rows.append(replace(p, example_id=stable_id("rft_advantage", p.rollout_id), kind="rft_advantage"))
+    return Built(rows, skipped)
+
+
+# --- preference pairs -------------------------------------------------------------------------------------
+
+
+def outcome_pairs(
+    rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], n: int, seed: int = 0
+) -> Built[PreferencePair]:
+    """Naive outcome DPO (the control): up to `n` random (correct, wrong) pairs per problem, without repeats.
+
+    Skips: the shared reasons; `no_chosen` / `no_rejected` count the rollouts of problems lacking the other side."""
+    rows, skipped = [], Counter()
+    for key, g in _groups(rollouts, verdicts, skipped):
+        if not g.correct or not g.wrong:
+            skipped["no_rejected" if g.correct else "no_chosen"] += len(g.correct) + len(g.wrong)
+            continue
+        candidates = [(c, w) for c in g.correct for w in g.wrong]
+        rows += [
+            _pair("outcome", c, w)
+            for c, w in _rng("outcome", seed, key).sample(candidates, min(n, len(candidates)))
+        ]
+    return Built(rows, skipped)
+
+
+def _pair(kind: str, chosen: Rollout, rejected: Rollout, pit: StepCredit | None = None) -> PreferencePair:
+    pit_index = None if pit is None else pit.step_index
+    text = rejected.completion if pit is None else rejected.completion[: pit.end]
+    return PreferencePair(
+        stable_id(kind, chosen.rollout_id, rejected.rollout_id, pit_index),
+        kind,
+        rejected.problem_id,
+        rejected.prompt,
+        chosen.completion,
+        text,
+        chosen.rollout_id,
+        rejected.rollout_id,
+        pit_index,
+    )
+
+
+def _steps(text: str) -> list[str]:
+    # A step is a non-empty line, as in GSM8K-format solutions.
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """Insertions + deletions + substitutions turning `a` into `b` (two strings, or two lists of steps)."""
+    # Bit-parallel (Myers 1999, in Hyyrö's 2001 form): one column of the DP table is two bit vectors, so a pair
+    # costs len(a) big-int steps instead of len(a) * len(b) Python steps (~100x faster on 400-character texts).
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return len(a)
+    peq: dict[Hashable, int] = {}  # symbol -> bit mask of its positions in b
+    for i, y in enumerate(b):
+        peq[y] = peq.get(y, 0) | 1 << i
+    full, top = (1 << len(b)) - 1, 1 << (len(b) - 1)
+    pv, mv, score = full, 0, len(b)  # vertical +1 / -1 deltas; score = D[len(b)][j]
+    for x in a:
+        eq = peq.get(x, 0)
+        xv = eq | mv
+        xh = (((eq & pv) + pv) ^ pv) | eq
+        ph = mv | ~(xh | pv)
+        mh = pv & xh
+        if ph & top:
+            score += 1
+        elif mh & top:
+            score -= 1
+        ph = ph << 1 | 1  # row 0 of the table is 0, 1, 2, ...: every column adds 1 at the top
+        mh <<= 1
+        pv = (mh | ~(xv | ph)) & full
+        mv = ph & xv & full
+    return score
+
+
+def edit_distance(a: str, b: str, unit: str = "char") -> float:
+    """Levenshtein distance over characters or steps (lines), divided by the longer length: 0 same, 1 disjoint."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    x, y = (a, b) if unit == "char" else (_steps(a), _steps(b))
+    return levenshtein(x, y) / max(len(x), len(y)) if x or y else 0.0
+
+
+def edit_distance_pairs(
+    rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], unit: str = "char"
+) -> Built[PreferencePair]:
+    """Each correct rollout paired with the wrong one of its problem most distant from it (ties: lowest id).
+
+    Skips: the shared reasons; `no_rejected` / `no_chosen` count the rollouts of problems lacking the other side."""
+    rows, skipped = [], Counter()
+    for _, g in _groups(rollouts, verdicts, skipped):
+        if not g.correct or not g.wrong:
+            skipped["no_rejected" if g.correct else "no_chosen"] += len(g.correct) + len(g.wrong)
+            continue
+        for c in g.correct:
+            w = max(g.wrong, key=lambda r, c=c: edit_distance(c.completion, r.completion, unit))
+            rows.append(_pair("edit_distance", c, w))
+    return Built(rows, skipped)
+
+
+def _credit_by_step(credits: Iterable[StepCredit]) -> dict[str, dict[int, StepCredit]]:
+    table: dict[str, dict[int, StepCredit]] = defaultdict(dict)
+    for c in credits:
+        table[c.rollout_id][c.step_index] = c
+    return table
+
+
+def _first_pit(steps: dict[int, StepCredit]) -> StepCredit | None:
+    pits = [c for c in steps.values() if c.is_pit and c.step_index >= 1]
+    return min(pits, key=lambda c: c.step_index, default=None)
+
+
+def step_cut(
+    rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], credits: Iterable[StepCredit], seed: int = 0
+) -> Built[PreferencePair]:
+    """Per-step DPO pairs in Setlur et al.'s form: (question, a random correct solution of the problem, the wrong
+    rollout cut after its first pit, steps 1..pit). One pair per wrong rollout.
+
+    Skips: the shared reasons; for wrong rollouts `no_credit`, `no_pit`, `no_chosen` (the problem has no usable
+    correct rollout)."""
+    table = _credit_by_step(credits)
+    rows, skipped = [], Counter()
+    for key, g in _groups(rollouts, verdicts, skipped):
+        rng = _rng("step_cut", seed, key)
+        for w in g.wrong:
+            pit = _first_pit(table.get(w.rollout_id, {}))
+            if w.rollout_id not in table:
+                skipped["no_credit"] += 1
+            elif pit is None:
+                skipped["no_pit"] += 1
+            elif not g.correct:
+                skipped["no_chosen"] += 1
+            else:
+                rows.append(_pair("step_cut", rng.choice(g.correct), w, pit))
+    return Built(rows, skipped)
+
+
+def step_prefix(
+    rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], credits: Iterable[StepCredit]
+) -> Built[PreferencePair]:
+    """Per-step DPO pairs in Self-Explore's form: prompt = question + the steps before the first pit, chosen = a
+    verified continuation sampled from that prefix during credit, rejected = the pit step. One per wrong rollout.
+
+    Skips: the shared reasons; for wrong rollouts `no_credit`, `no_pit`, `no_prefix_row` (credit never visited
+    the step before the pit), `no_correct_continuation` (none of its continuations verified)."""
+    table = _credit_by_step(credits)
+    rows, skipped = [], Counter()
+    for _, g in _groups(rollouts, verdicts, skipped):
+        for w in g.wrong:
+            steps = table.get(w.rollout_id, {})
+            pit = _first_pit(steps)
+            before = steps.get(pit.step_index - 1) if pit else None
+            if not steps:
+                skipped["no_credit"] += 1
+            elif pit is None:
+                skipped["no_pit"] += 1
+            elif before is None:
+                skipped["no_prefix_row"] += 1
+            elif before.correct_continuation is None:
+                skipped["no_correct_continuation"] += 1
+            else:
+                rows.append(
+                    PreferencePair(
+                        stable_id("step_prefix", w.rollout_id, pit.step_index),
+                        "step_prefix",
+                        w.problem_id,
+                        w.prompt + w.completion[: before.end],
+                        before.correct_continuation,
+                        w.completion[before.end : pit.end],
+                        None,
+                        w.rollout_id,
+                        pit.step_index,
+                    )
+                )
+    return Built(rows, skipped)
