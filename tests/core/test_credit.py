@@ -219,13 +219,13 @@ def test_stepwise_example_labels_steps_before_the_pit_true():
 
 def traces(n_cases, seed):
     """Incorrect rollouts with a non-increasing true Q that first hits 0 at a known step (Q_n = 0). Before it,
-    Q >= 0.6, so 8 draws all fail with odds 0.4^8: every strategy should find the true zero."""
+    Q >= 0.7, so 8 draws all fail with odds 0.3^8: every strategy should find the true zero."""
     rng = random.Random(seed)
     out = {}
     for c in range(n_cases):
         n = rng.randint(2, 12)
         zero = rng.randint(1, n)
-        before = sorted((rng.uniform(0.6, 0.95) for _ in range(zero)), reverse=True)
+        before = sorted((rng.uniform(0.7, 0.95) for _ in range(zero)), reverse=True)
         out[f"r{c}"] = before + [0.0] * (n + 1 - zero)
     return out
 
