@@ -14,7 +14,7 @@ from rich.table import Table
 from mathfactory.flows.backfill import DEPLOYMENT
 from mathfactory.flows.config import ConfigError, load_preset
 from mathfactory.flows.report import print_tables
-from mathfactory.tasks.core.records import RECORDS
+from mathfactory.tasks.core.records import RECORDS, Problem, Rollout, StepCredit
 from mathfactory.tasks.storage import DataError, Lake
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -76,11 +76,33 @@ def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake p
     if marker is None:
         raise typer.BadParameter(f"{lk.uri(run_id, stage)} is not a finished stage (see `mathfactory ls`)")
     out.print_json(json.dumps({k: marker[k] for k in ("rows", "quarantined", "seconds", "metrics") if k in marker}))
-    if marker.get("record"):
+    if stage == "credit":
+        _show_credit(lk, run_id, n)
+    elif marker.get("record"):
         for row in itertools.islice(lk.read(run_id, stage, RECORDS[marker["record"]]), n):
             out.rule()
             for field, value in vars(row).items():
                 out.print(f"[bold]{field}[/]: {value}", highlight=False)
+
+
+def _show_credit(lk: Lake, run_id: str, n: int) -> None:
+    """n credited rollouts, those with a pit first: steps with Q and advantage, the pit marked."""
+    from mathfactory.flows.report import render_credit
+    from mathfactory.tasks.core.steps import split_steps
+    from mathfactory.tasks.credit import style_for
+
+    rows = collections.defaultdict(list)
+    for r in lk.read(run_id, "credit", StepCredit):
+        rows[r.rollout_id].append(r)
+    chosen = sorted(rows, key=lambda rid: (not any(r.is_pit for r in rows[rid]), rid))[:n]
+    rollouts = {r.rollout_id: r for r in lk.read(run_id, "rollouts", Rollout) if r.rollout_id in chosen}
+    sources = {p.problem_id: p.source for p in lk.read(run_id, "problems", Problem)}
+    style = (lk.marker(run_id, "credit") or {}).get("metrics", {}).get("style", "auto")
+    for rid in chosen:
+        r = rollouts[rid]
+        steps = split_steps(r.completion, style_for(style, sources.get(r.problem_id, "")))
+        out.rule()
+        out.print(render_credit(r, steps, rows[rid]), highlight=False, markup=False)
 
 
 @app.command()

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mathfactory.flows.fanout import RunnerConfig
 from mathfactory.tasks.core.records import stable_id
+from mathfactory.tasks.credit import CreditConfig
+from mathfactory.tasks.pairs import PairsConfig
 from mathfactory.tasks.policy import PolicyConfig
 from mathfactory.tasks.problems import ProblemsConfig
 from mathfactory.tasks.sample import SampleConfig
@@ -34,6 +36,8 @@ class FactoryConfig(BaseModel):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    credit: CreditConfig = Field(default_factory=CreditConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where shards of sharded stages run; "
                                  "like the lake, not part of a run's identity.")
 

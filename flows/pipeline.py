@@ -1,4 +1,4 @@
-"""The pipeline flow: FactoryConfig -> problems -> policy -> rollouts -> verdicts in the lake. Composition only."""
+"""The pipeline flow: FactoryConfig -> problems -> policy -> rollouts -> verdicts -> credit -> pairs. Composition only."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from mathfactory.flows.config import FactoryConfig
 from mathfactory.flows.fanout import run_sharded
 from mathfactory.flows.report import publish
+from mathfactory.tasks.credit import STAGE as CREDIT
+from mathfactory.tasks.credit import commit_credit
+from mathfactory.tasks.pairs import make_pairs
 from mathfactory.tasks.policy import fit_policy
 from mathfactory.tasks.problems import make_problems
 from mathfactory.tasks.sample import STAGE as ROLLOUTS
@@ -41,5 +44,10 @@ def pipeline(config: FactoryConfig | None = None, date: str | None = None) -> di
     started = time.time()
     shards = run_sharded(config.runner, VERDICTS, config.verify, lake, run_id, config.sample.shards, seed)
     uris["verdicts"] = commit_verdicts(config.verify, lake, run_id, shards, started)
+
+    started = time.time()
+    shards = run_sharded(config.runner, CREDIT, config.credit, lake, run_id, config.credit.shards, seed)
+    uris["credit"] = commit_credit(config.credit, lake, run_id, shards, started)
+    uris.update(make_pairs(config.pairs, config.credit.style, lake, run_id, seed))
     publish(Lake(lake), run_id)
     return {"run_id": run_id, **uris}

@@ -7,6 +7,8 @@ import re
 from rich.console import Console
 from rich.table import Table
 
+from mathfactory.tasks.core.records import Rollout, StepCredit
+from mathfactory.tasks.core.steps import Step
 from mathfactory.tasks.domains.toy import STAGE_NAMES
 from mathfactory.tasks.storage import Lake
 
@@ -34,7 +36,34 @@ def tables(lake: Lake, run_id: str) -> Tables:
                     ["split/stage", "correct", "samples", "accuracy"],
                     [[g, str(c), str(k), f"{c / k:.1%}"]
                      for g, (c, k) in sorted(v["groups"].items(), key=lambda g: _stage_order(g[0]))]))
+    if "credit" in stages:
+        c = stages["credit"]["metrics"]
+        out.append(("step credit", ["rollouts credited", "pits found", "continuations", "tokens/s", "not credited"],
+                    [[str(c.get("rollouts")), str(c.get("pits")), str(c.get("continuations")),
+                      str(c.get("tokens_per_s")), ", ".join(f"{k} {v}" for k, v in c.get("not_credited", {}).items())
+                      or "-"]]))
+    built = [(name, m) for name, m in stages.items() if "skipped" in m.get("metrics", {})]
+    if built:
+        out.append(("training sets", ["dataset", "rows", "inputs left out (why)"],
+                    [[name, str(m["rows"]), ", ".join(f"{k} {v}" for k, v in m["metrics"]["skipped"].items()) or "-"]
+                     for name, m in built]))
     return out
+
+
+def render_credit(rollout: Rollout, steps: list[Step], rows: list[StepCredit]) -> str:
+    """A rollout step by step, with Q and advantage on the steps credit labelled, and the first pit marked."""
+    by_step = {r.step_index: r for r in rows}
+    lines = [f"rollout {rollout.rollout_id} ({rollout.stage}, strategy {rows[0].strategy})", rollout.prompt.rstrip()]
+    if 0 in by_step:
+        lines.append(f"  Q_0 = {by_step[0].q:.2f} (the question's success rate over {by_step[0].n_continuations} "
+                     "samples)")
+    for i, step in enumerate(steps, 1):
+        r = by_step.get(i)
+        label = " " * 15 if r is None else f"Q={r.q:.2f}" + ("" if r.advantage is None else f" A={r.advantage:+.2f}")
+        first, *rest = step.text.split("\n")
+        lines.append(f"  step {i:>2} {label:<15} | {first}" + ("  <-- first pit" if r and r.is_pit else ""))
+        lines += [" " * 26 + "| " + line.strip() for line in rest]  # e.g. the answer line, kept with its step
+    return "\n".join(lines)
 
 
 def print_tables(console: Console, lake: Lake, run_id: str) -> None:

@@ -7,12 +7,14 @@ from typing import Any
 from prefect import Task, flow, tags
 from prefect.runtime import flow_run
 
+from mathfactory.tasks.credit import STAGE as CREDIT
+from mathfactory.tasks.credit import CreditConfig, credit_shard
 from mathfactory.tasks.sample import STAGE as ROLLOUTS
 from mathfactory.tasks.sample import SampleConfig, sample_shard
 from mathfactory.tasks.verify import STAGE as VERDICTS
 from mathfactory.tasks.verify import VerifyConfig, verify_shard
 
-SHARDED = (ROLLOUTS, VERDICTS)
+SHARDED = (ROLLOUTS, VERDICTS, CREDIT)
 
 
 def shard_call(stage: str, config: dict, lake: str, run_id: str, shard: int, seed: int) -> tuple[Task, tuple]:
@@ -21,13 +23,15 @@ def shard_call(stage: str, config: dict, lake: str, run_id: str, shard: int, see
         return sample_shard, (SampleConfig.model_validate(config), lake, run_id, shard, seed)
     if stage == VERDICTS:  # grading is seedless
         return verify_shard, (VerifyConfig.model_validate(config), lake, run_id, shard)
+    if stage == CREDIT:
+        return credit_shard, (CreditConfig.model_validate(config), lake, run_id, shard, seed)
     raise ValueError(f"stage {stage!r} is not sharded; sharded stages: {', '.join(SHARDED)}")
 
 
 # The caller reads the shard's summary (rows, tokens, tallies) from this run's result, so it is persisted.
 @flow(name="mathfactory-shard", persist_result=True)
 def run_shard(stage: str, config: dict[str, Any], lake: str, run_id: str, shard: int, seed: int = 0) -> dict:
-    """Write one shard of a sharded stage (rollouts, verdicts) of run `run_id`; a shard already written is kept."""
+    """Write one shard of a sharded stage (rollouts, verdicts, credit) of run `run_id`; a written shard is kept."""
     task, args = shard_call(stage, config, lake, run_id, shard, seed)
     # Flow-run tags do not reach task runs by themselves; carried over, the deployment's `gpu` tag makes Prefect's
     # `gpu` tag concurrency limit count this shard.

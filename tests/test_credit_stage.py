@@ -533,9 +533,6 @@ def test_a_resumed_shard_reports_what_landed_without_sampling(resumed):
     assert metrics["pits"] == sum(s["pits"] for s in first)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="credit_shard's landed-shard path returns no not_credited (product bug)"
-)
 def test_a_resumed_stage_still_counts_what_it_did_not_credit(resumed, world):
     run, first, _ = resumed
     expected = {"no_steps": 1, "unsolved_question": len(world.of(world.unsolved))}

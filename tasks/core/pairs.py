@@ -334,6 +334,16 @@ def step_cut(
     return Built(rows, skipped)
 
 
+def _continuation(before: StepCredit, g: _Group) -> tuple[str, str | None] | None:
+    """A verified continuation of the prefix before the pit, and its rollout id if it is a whole rollout: from
+    the empty prefix (pit at step 1) the problem's own correct rollouts are such continuations."""
+    if before.correct_continuation is not None:
+        return before.correct_continuation, None
+    if before.step_index == 0 and g.correct:
+        return g.correct[0].completion, g.correct[0].rollout_id
+    return None
+
+
 def step_prefix(
     rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], credits: Iterable[StepCredit]
 ) -> Built[PreferencePair]:
@@ -355,7 +365,7 @@ def step_prefix(
                 skipped["no_pit"] += 1
             elif before is None:
                 skipped["no_prefix_row"] += 1
-            elif before.correct_continuation is None:
+            elif (chosen := _continuation(before, g)) is None:
                 skipped["no_correct_continuation"] += 1
             else:
                 rows.append(
@@ -364,9 +374,9 @@ def step_prefix(
                         "step_prefix",
                         w.problem_id,
                         w.prompt + w.completion[: before.end],
-                        before.correct_continuation,
+                        chosen[0],
                         w.completion[before.end : pit.end],
-                        None,
+                        chosen[1],
                         w.rollout_id,
                         pit.step_index,
                     )

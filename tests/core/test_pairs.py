@@ -253,7 +253,7 @@ def test_step_cut_chosen_is_seeded():
 
 def test_step_prefix_prompts_with_the_steps_before_the_pit():
     built = pairs.step_prefix(ROLLOUTS, VERDICTS, CREDITS)
-    assert built.rows == [
+    assert built.rows[:1] == [
         pairs.PreferencePair(
             pair_id=stable_id("step_prefix", "w-slip", 2),
             kind="step_prefix",
@@ -266,9 +266,14 @@ def test_step_prefix_prompts_with_the_steps_before_the_pit():
             pit_index=2,
         )
     ]
+    # w-wild falls at step 1 and no continuation from the question verified: the problem's first correct
+    # rollout (by id) is a verified continuation of the empty prefix, so it is the chosen side.
+    completions = {r.rollout_id: r.completion for r in ROLLOUTS}
+    assert [(p.rejected_rollout_id, p.prompt, p.chosen, p.chosen_rollout_id) for p in built.rows[1:]] == [
+        ("w-wild", P1, completions[min(CORRECT_P1)], min(CORRECT_P1))
+    ]
     assert built.skipped == {
         **SHARED_SKIPS,
-        "no_correct_continuation": 1,
         "no_prefix_row": 1,
         "no_credit": 1,
         "no_pit": 1,

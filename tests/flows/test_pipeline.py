@@ -12,6 +12,7 @@ from mathfactory.flows.cli import app
 from mathfactory.flows.config import load_preset
 from mathfactory.flows.pipeline import pipeline
 from mathfactory.tasks.core.records import REASONS, Rollout, Verdict
+from mathfactory.tasks.pairs import DATASETS
 from mathfactory.tasks.storage import Lake
 
 cli = CliRunner(env={"COLUMNS": "400"})  # rich wraps error panels at the terminal width
@@ -30,7 +31,7 @@ def test_every_stage_lands_with_consistent_rows(run):
     cfg, output = run
     lake, run_id = Lake(cfg.lake), cfg.run_id()
     stages = lake.stages(run_id)
-    assert list(stages) == ["problems", "policy", "rollouts", "verdicts"]
+    assert set(stages) == {"problems", "policy", "rollouts", "verdicts", "credit", *DATASETS}
     assert stages["problems"]["rows"] == 96 + 16
     assert stages["rollouts"]["rows"] == stages["verdicts"]["rows"] == 2 * 2 * 6
     rollouts = list(lake.read(run_id, "rollouts", Rollout))

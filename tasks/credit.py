@@ -1,0 +1,165 @@
+"""Stage `credit`: verified train rollouts + the policy -> StepCredit rows (Monte-Carlo Q per step, the first pit).
+
+The pure part (strategies, Q arithmetic, batching rounds) is tasks/core/credit.py; this module binds it to the lake,
+the generation engine and the judge. Every round of every rollout's labeler becomes one engine call, so the
+continuations of many prefixes of many rollouts are sampled together and each prefix is prefilled once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Hashable
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from mathfactory.tasks.core import credit as mc
+from mathfactory.tasks.core import format
+from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, Verdict, stable_id
+from mathfactory.tasks.core.steps import split_steps
+from mathfactory.tasks.engines import EngineOptions, OpenAIOptions, TransformersOptions, load_engine
+from mathfactory.tasks.engines.base import SamplingParams
+from mathfactory.tasks.policy import policy_dir
+from mathfactory.tasks.stage import Stage, logger
+
+STAGE = "credit"
+LATEX_SOURCES = ("math500",)  # their solutions are prose + LaTeX: split into sentence steps, not lines
+
+
+class CreditConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Literal["linear", "scan", "binary"] = Field(
+        "binary", description="Which steps of an incorrect rollout get continuations: linear = every step "
+        "(Math-Shepherd), scan = until the first Q=0 step (Self-Explore), binary = binary search for it (OmegaPRM).")
+    positives: bool = Field(True, description="Also credit correct rollouts, every step (linear): "
+                            "advantage-filtered RFT needs their per-step advantages.")
+    m: int = Field(8, ge=1, description="Continuations per step prefix (M).")
+    k: int = Field(1, ge=1, description="Best-of-K transform of Q: 1 - (1-Q)^K (K=1 keeps Q).")
+    round_size: int = Field(2, ge=1, description="scan/binary: continuations per probe of a step; a probe stops "
+                            "at the first verified one, so smaller rounds save continuations but take more rounds.")
+    max_steps: int = Field(16, ge=1, description="Rollouts with more steps are not credited (counted).")
+    style: Literal["auto", "lines", "math"] = Field(
+        "auto", description="Step splitting: lines (GSM8K/toy), math (LaTeX prose), auto = by problem source.")
+    engine: EngineOptions = Field(default_factory=TransformersOptions, description="Backend for continuations.")
+    temperature: float = Field(0.8, gt=0, description="Continuation sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(320, ge=1, description="Generation budget per continuation.")
+    shards: int = Field(2, ge=1, description="Independent tasks the stage is split into (by problem).")
+
+
+def shard_of(problem_id: str, shards: int) -> int:
+    return int(stable_id("credit-shard", problem_id), 16) % shards
+
+
+def style_for(style: str, source: str) -> str:
+    return style if style != "auto" else "math" if source in LATEX_SOURCES else "lines"
+
+
+def targets(rollouts: list[Rollout], verdicts: dict[str, Verdict], sources: dict[str, str],
+            cfg: CreditConfig) -> tuple[list[mc.Target], list[mc.Target]]:
+    """(incorrect, correct) train rollouts as credit targets; Q_0 from all rollouts of the same question."""
+    solved, sampled = Counter(), Counter()
+    for r in rollouts:
+        sampled[r.problem_id] += 1
+        solved[r.problem_id] += verdicts[r.rollout_id].correct
+    wrong, right = [], []
+    for r in rollouts:
+        steps = split_steps(r.completion, style_for(cfg.style, sources[r.problem_id]))
+        t = mc.Target(r.rollout_id, r.problem_id, tuple(steps),
+                      verdicts[r.rollout_id].correct, solved[r.problem_id], sampled[r.problem_id])
+        (right if t.correct else wrong).append(t)
+    return wrong, right
+
+
+@task(name="credit-shard", cache_policy=NO_CACHE, retries=2)
+def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: int) -> dict:
+    from mathfactory.tasks.judge import Judge
+
+    st = Stage(lake, run_id, STAGE, StepCredit, config=cfg)
+    if st.done:
+        return {"shard": shard, "skipped": True}
+    problems = {p.problem_id: p for p in st.lake.read(run_id, "problems", Problem)
+                if p.split == "train" and shard_of(p.problem_id, cfg.shards) == shard}
+    rollouts = [r for r in st.lake.read(run_id, "rollouts", Rollout) if r.problem_id in problems]
+    verdicts = {v.rollout_id: v for v in st.lake.read(run_id, "verdicts", Verdict) if v.problem_id in problems}
+    rollouts = [r for r in rollouts if r.rollout_id in verdicts]
+    by_id = {r.rollout_id: r for r in rollouts}
+    wrong, right = targets(rollouts, verdicts, {p: problems[p].source for p in problems}, cfg)
+    if st.has_shard(shard):  # a retry after this shard landed: count it, don't sample it again
+        landed = list(st.lake.read_part(run_id, STAGE, shard, StepCredit))
+        skipped = Counter(why for t in wrong + right * cfg.positives if (why := mc.uncreditable(t, cfg.max_steps)))
+        return {"shard": shard, "rows": len(landed), "rollouts": len({r.rollout_id for r in landed}),
+                "pits": sum(r.is_pit for r in landed), "not_credited": dict(skipped), "seconds": 0.0,
+                "continuations": sum(r.n_continuations for r in landed if r.step_index)}
+
+    model_dir = None if isinstance(cfg.engine, OpenAIOptions) else policy_dir(lake, run_id)
+    engine = load_engine(cfg.engine, model_dir, seed)
+    steps_of = {t.rollout_id: t.steps for t in wrong + right}
+    counts = Counter()
+    bar = tqdm(desc=f"credit shard {shard}", unit="continuation", disable=None)
+    t0 = time.perf_counter()
+
+    with Judge() as judge:
+        def sample(requests: list[tuple[Hashable, int, int]]) -> list[list[mc.Continuation]]:
+            """One labelling round: every requested prefix continued k times, grouped by k into engine calls."""
+            counts["rounds"] += 1
+            out: list[list[mc.Continuation] | None] = [None] * len(requests)
+            by_k: dict[int, list[int]] = defaultdict(list)
+            for j, (_, _, k) in enumerate(requests):
+                by_k[k].append(j)
+            for k, js in sorted(by_k.items()):
+                # A fresh seed per round, or a prefix probed twice would get the same continuations twice.
+                params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                        max_new_tokens=cfg.max_new_tokens, stop=format.STOP,
+                                        seed=int(stable_id(seed, shard, counts["rounds"], k), 16) % 2**31)
+                prefixes = []
+                for j in js:
+                    rid, i, _ = requests[j]
+                    prefixes.append(by_id[rid].completion[: steps_of[rid][i - 1].end])
+                prompts = [by_id[requests[j][0]].prompt + prefix for j, prefix in zip(js, prefixes, strict=True)]
+                outs = engine.generate(prompts, params)
+                gold = [problems[by_id[requests[j][0]].problem_id].answer for j in js]
+                grades = judge.grade_many((g, prefix + c.text) for g, prefix, cs in zip(gold, prefixes, outs,
+                                                                                       strict=True) for c in cs)
+                grades_it = iter(grades)
+                for j, cs in zip(js, outs, strict=True):
+                    out[j] = [mc.Continuation(next(grades_it).correct, c.text) for c in cs]
+                    counts["tokens"] += sum(c.n_tokens for c in cs)
+                counts["continuations"] += k * len(js)
+                bar.update(k * len(js))
+            return out
+
+        kw = dict(m=cfg.m, k=cfg.k, round_size=cfg.round_size, max_steps=cfg.max_steps)
+        rows, skipped = mc.credit(wrong, sample, strategy=cfg.strategy, **kw)
+        if cfg.positives:
+            more, more_skipped = mc.credit(right, sample, strategy="linear", **kw)
+            rows += more
+            skipped += more_skipped
+    bar.close()
+    n = st.write(shard, rows)
+    seconds = round(time.perf_counter() - t0, 2)
+    logger().info("credit shard %d: %d rollouts credited, skipped %s, %d continuations in %d rounds",
+                  shard, len({r.rollout_id for r in rows}), dict(skipped) or "none", counts["continuations"],
+                  counts["rounds"])
+    return {"shard": shard, "rows": n, "rollouts": len({r.rollout_id for r in rows}), "not_credited": dict(skipped),
+            "continuations": counts["continuations"], "tokens": counts["tokens"], "rounds": counts["rounds"],
+            "pits": sum(r.is_pit for r in rows), "seconds": seconds}
+
+
+@task(name="credit", cache_policy=NO_CACHE)
+def commit_credit(cfg: CreditConfig, lake: str, run_id: str, shards: list[dict], started: float) -> str:
+    st = Stage(lake, run_id, STAGE, StepCredit, config=cfg)
+    if st.done:
+        return st.uri
+    done = [s for s in shards if not s.get("skipped")]
+    skipped = sum((Counter(s.get("not_credited", {})) for s in done), Counter())
+    sampled = [s for s in done if "tokens" in s]  # shards that landed in an earlier attempt have no token count
+    tokens, busy = sum(s["tokens"] for s in sampled), sum(s["seconds"] for s in sampled)
+    return st.commit(started, style=cfg.style, rollouts=sum(s.get("rollouts", 0) for s in done), pits=sum(s.get("pits", 0)
+                     for s in done), continuations=sum(s["continuations"] for s in done), not_credited=dict(skipped),
+                     tokens=tokens, tokens_per_s=round(tokens / busy, 1) if busy else None)

@@ -1,0 +1,104 @@
+"""Stage `pairs`: problems, verified rollouts and step credit -> every training set the paper compares.
+
+Each set is its own dataset in the lake, with its own marker (the builders are tasks/core/pairs.py):
+  sft              reference solutions (D_syn)            rft            deduplicated self-generated positives
+  rft_advantage    rft minus its low-advantage half        stepwise       TRL stepwise-supervision rows (PRM)
+  dpo_outcome      random correct x incorrect (control)    dpo_edit       correct x most distant incorrect
+  dpo_step_cut     correct x incorrect cut after its pit   dpo_step_prefix  prefix before the pit: good vs pit step
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from mathfactory.tasks.core import credit as mc
+from mathfactory.tasks.core import pairs as build
+from mathfactory.tasks.core.records import (
+    PreferencePair,
+    Problem,
+    Rollout,
+    SFTExample,
+    StepCredit,
+    StepwiseExample,
+    Verdict,
+)
+from mathfactory.tasks.core.steps import split_steps
+from mathfactory.tasks.credit import style_for
+from mathfactory.tasks.stage import Stage
+
+DATASETS = {"sft": SFTExample, "rft": SFTExample, "rft_advantage": SFTExample, "stepwise": StepwiseExample,
+            "dpo_outcome": PreferencePair, "dpo_edit": PreferencePair, "dpo_step_cut": PreferencePair,
+            "dpo_step_prefix": PreferencePair}
+
+
+class PairsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rft_k: int = Field(4, ge=1, description="RFT: at most this many distinct correct solutions per problem.")
+    dedup: Literal["equations", "edit_distance"] = Field(
+        "equations", description="RFT duplicates: same sequence of equations, or normalized edit distance below "
+        "`dedup_threshold`.")
+    dedup_threshold: float = Field(0.1, ge=0, le=1, description="edit_distance dedup: max distance of a duplicate.")
+    outcome_n: int = Field(4, ge=1, description="Naive DPO: at most this many correct x incorrect pairs per problem.")
+    edit_unit: Literal["char", "step"] = Field("char", description="Edit-distance pairs: distance over characters "
+                                               "or over steps.")
+
+
+def build_all(cfg: PairsConfig, style: str, problems: list[Problem], rollouts: list[Rollout],
+              verdicts: list[Verdict], credits: list[StepCredit], seed: int) -> dict[str, build.Built]:
+    """Every dataset from the run's records (pure)."""
+    rft = build.rft(rollouts, verdicts, cfg.rft_k, cfg.dedup, cfg.dedup_threshold, seed)
+    return {
+        "sft": build.sft_examples(problems),
+        "rft": rft,
+        "rft_advantage": build.rft_advantage(rft.rows, credits),
+        "stepwise": stepwise(style, problems, rollouts, credits),
+        "dpo_outcome": build.outcome_pairs(rollouts, verdicts, cfg.outcome_n, seed),
+        "dpo_edit": build.edit_distance_pairs(rollouts, verdicts, cfg.edit_unit),
+        "dpo_step_cut": build.step_cut(rollouts, verdicts, credits, seed),
+        "dpo_step_prefix": build.step_prefix(rollouts, verdicts, credits),
+    }
+
+
+def stepwise(style: str, problems: list[Problem], rollouts: list[Rollout],
+             credits: list[StepCredit]) -> build.Built[StepwiseExample]:
+    """Every credited rollout as a stepwise-supervision row, split into steps as the credit stage split it."""
+    rows_of: dict[str, list[StepCredit]] = {}
+    for c in credits:
+        rows_of.setdefault(c.rollout_id, []).append(c)
+    source = {p.problem_id: p.source for p in problems}
+    rows, skipped = [], Counter()
+    for r in rollouts:
+        if r.rollout_id not in rows_of:
+            skipped["no_credit"] += 1
+            continue
+        steps = split_steps(r.completion, style_for(style, source.get(r.problem_id, "")))
+        rows.append(mc.stepwise_example(r.prompt, steps, rows_of[r.rollout_id]))
+    return build.Built(rows, skipped)
+
+
+@task(name="pairs", cache_policy=NO_CACHE, retries=1)
+def make_pairs(cfg: PairsConfig, style: str, lake: str, run_id: str, seed: int) -> dict[str, str]:
+    """Stage `pairs`: write each training set that is not yet in the lake; returns their URIs."""
+    stages = {name: Stage(lake, run_id, name, record, config=cfg) for name, record in DATASETS.items()}
+    if all(st.done for st in stages.values()):
+        return {name: st.uri for name, st in stages.items()}
+    lk = next(iter(stages.values())).lake
+    problems = list(lk.read(run_id, "problems", Problem))
+    train = {p.problem_id for p in problems if p.split == "train"}
+    rollouts = [r for r in lk.read(run_id, "rollouts", Rollout) if r.problem_id in train]
+    verdicts = [v for v in lk.read(run_id, "verdicts", Verdict) if v.problem_id in train]
+    credits = list(lk.read(run_id, "credit", StepCredit))
+    built = build_all(cfg, style, problems, rollouts, verdicts, credits, seed)
+    uris = {}
+    for name, st in stages.items():
+        if not st.done:
+            st.write(0, built[name].rows)
+            st.commit(skipped=dict(built[name].skipped))
+        uris[name] = st.uri
+    return uris
