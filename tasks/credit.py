@@ -7,6 +7,7 @@ continuations of many prefixes of many rollouts are sampled together and each pr
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Hashable
@@ -43,6 +44,8 @@ class CreditConfig(BaseModel):
     round_size: int = Field(2, ge=1, description="scan/binary: continuations per probe of a step; a probe stops "
                             "at the first verified one, so smaller rounds save continuations but take more rounds.")
     max_steps: int = Field(16, ge=1, description="Rollouts with more steps are not credited (counted).")
+    problems: int | None = Field(None, ge=1, description="Credit the rollouts of the first N train problems only "
+                                 "(None: all): credit costs ~M continuations per step and rollout.")
     style: Literal["auto", "lines", "math"] = Field(
         "auto", description="Step splitting: lines (GSM8K/toy), math (LaTeX prose), auto = by problem source.")
     engine: EngineOptions = Field(default_factory=TransformersOptions, description="Backend for continuations.")
@@ -83,8 +86,9 @@ def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: in
     st = Stage(lake, run_id, STAGE, StepCredit, config=cfg)
     if st.done:
         return {"shard": shard, "skipped": True}
-    problems = {p.problem_id: p for p in st.lake.read(run_id, "problems", Problem)
-                if p.split == "train" and shard_of(p.problem_id, cfg.shards) == shard}
+    train = itertools.islice((p for p in st.lake.read(run_id, "problems", Problem) if p.split == "train"),
+                             cfg.problems)
+    problems = {p.problem_id: p for p in train if shard_of(p.problem_id, cfg.shards) == shard}
     rollouts = [r for r in st.lake.read(run_id, "rollouts", Rollout) if r.problem_id in problems]
     verdicts = {v.rollout_id: v for v in st.lake.read(run_id, "verdicts", Verdict) if v.problem_id in problems}
     rollouts = [r for r in rollouts if r.rollout_id in verdicts]

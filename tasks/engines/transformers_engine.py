@@ -37,7 +37,7 @@ class _Row:
 
 @dataclass
 class _Batch:
-    """What decoding needs after a prefill. A prefix-reuse prefill would build the same from one shared prefix."""
+    """What decoding needs after a prefill."""
 
     cache: Cache
     # Over prompt_len + max_new_tokens positions: (rows, L) 1/0, or (rows, 1, 1, L) additive 0/-inf.
@@ -46,6 +46,12 @@ class _Batch:
     logits: torch.Tensor  # (rows, vocab): next-token logits
     prompt_len: int
     pads: list[int]  # left padding of each row
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep (or repeat) rows by index: drops finished rows, or copies a prefilled prompt to its n samples."""
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
+        self.pads = [self.pads[i] for i in index.tolist()]
 
 
 def row_keys(prompts: Sequence[str], n: int, seed: int) -> list[int]:
@@ -147,11 +153,6 @@ class TransformersEngine:
         for prompt, ids in zip(prompts, encoded, strict=True):
             if not ids:
                 raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
-            if self.max_positions and len(ids) + params.max_new_tokens > self.max_positions:
-                raise ValueError(
-                    f"a prompt of {len(ids)} tokens + max_new_tokens={params.max_new_tokens} exceeds the model's "
-                    f"{self.max_positions} positions"
-                )
         per_prompt = 1 if params.greedy else params.n  # greedy samples are copies: decode one
         keys = row_keys(prompts, per_prompt, params.seed)
         rows = [_Row(i, encoded[i // per_prompt], key) for i, key in enumerate(keys)]
@@ -172,8 +173,20 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def _generate_batch(self, rows: list[_Row], params: SamplingParams) -> list[tuple[list[int], str]]:
-        batch = self._prefill([r.prompt_ids for r in rows], params.max_new_tokens)
-        return self._decode(batch, np.array([r.key for r in rows], dtype=np.uint64), params)
+        # The n samples of a prompt are neighbours (a stable sort by length): prefill each distinct prompt once and
+        # copy its KV cache rows, instead of computing the same prefix n times (credit continues every step
+        # prefix M times).
+        unique, index = [], []
+        for r in rows:
+            if not unique or r.prompt_ids != unique[-1]:
+                unique.append(r.prompt_ids)
+            index.append(len(unique) - 1)
+        batch = self._prefill(unique, params.max_new_tokens)
+        if len(unique) < len(rows):
+            batch.select(torch.tensor(index, device=self.device))
+        # A row stops at the model's last position: its completion ends early with finish_reason "length".
+        room = [self.max_positions - len(r.prompt_ids) if self.max_positions else params.max_new_tokens for r in rows]
+        return self._decode(batch, np.array([r.key for r in rows], dtype=np.uint64), params, room)
 
     def _prefill(self, prompt_ids: list[list[int]], max_new_tokens: int) -> _Batch:
         prompt_len, rows = max(map(len, prompt_ids)), len(prompt_ids)
@@ -205,12 +218,14 @@ class TransformersEngine:
             mask = mask[:, None, None, :]
         return _Batch(cache, mask, positions[:, -1:], torch.cat(logits), prompt_len, pads)
 
-    def _decode(self, batch: _Batch, keys: np.ndarray, params: SamplingParams) -> list[tuple[list[int], str]]:
-        """Sample until every row has hit EOS, a stop string or max_new_tokens; finished rows are dropped."""
+    def _decode(self, batch: _Batch, keys: np.ndarray, params: SamplingParams,
+                room: list[int]) -> list[tuple[list[int], str]]:
+        """Sample until every row has hit EOS, a stop string, max_new_tokens or its `room` (tokens left before the
+        model's last position); finished rows are dropped."""
         tokens: list[list[int]] = [[] for _ in keys]
         reasons = ["length"] * len(keys)
         live = list(range(len(keys)))  # the original row at each position of the (shrinking) batch
-        done: set[int] = set()
+        done: set[int] = {row for row, left in enumerate(room) if left < 1}  # a prompt that fills the model
         may_stop = self._stop_candidates(params.stop) if params.stop else None
         window = 4 * max(map(len, params.stop), default=0) + 2  # tokens that can hold a stop string (UTF-8: <= 4 each)
         extra = {"row_groups": row_groups(batch.pads)} if self.ragged else {}
@@ -229,6 +244,8 @@ class TransformersEngine:
                     done.add(row)
                 elif check is not None and check[pos]:
                     to_check.append(row)
+                if len(tokens[row]) >= room[row]:
+                    done.add(row)  # "length" unless the stop check below finds a stop string
             if to_check:
                 texts = self.tokenizer.batch_decode(
                     [tokens[r][-window:] for r in to_check], skip_special_tokens=True,
@@ -243,9 +260,7 @@ class TransformersEngine:
             if len(live) - sum(r not in done for r in live) >= max(1, COMPACT_FRACTION * len(live)):
                 keep = [pos for pos, r in enumerate(live) if r not in done]
                 index = torch.tensor(keep, device=self.device)
-                batch.cache.batch_select_indices(index)
-                batch.mask, batch.positions = batch.mask[index], batch.positions[index]
-                batch.pads = [batch.pads[pos] for pos in keep]
+                batch.select(index)
                 next_ids, live = next_ids[index], [live[pos] for pos in keep]
                 extra = {"row_groups": row_groups(batch.pads)} if self.ragged else {}
             batch.positions = batch.positions + 1

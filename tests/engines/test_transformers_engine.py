@@ -188,7 +188,6 @@ def test_sampling_params_are_validated(make, match):
         ("What is 2 plus 3?", GREEDY, TypeError, "not one string"),
         (UNSEEN, SamplingParams(stop=("",)), ValueError, "empty stop string"),
         ([UNSEEN[0], ""], GREEDY, ValueError, "tokenizes to nothing"),
-        (UNSEEN, SamplingParams(max_new_tokens=250), ValueError, "exceeds the model's 256 positions"),
     ],
 )
 def test_bad_calls_are_refused(engine, tiny_model, prompts, params, error, match):
@@ -201,3 +200,30 @@ def test_bad_calls_are_refused(engine, tiny_model, prompts, params, error, match
 def test_bad_engine_settings_are_refused(tiny_model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         TransformersEngine(tiny_model.path, **kwargs)
+
+
+def test_a_row_ends_at_the_models_last_position_instead_of_failing(engine, tiny_model):
+    """A prompt near the model's length limit gets what room is left (finish_reason "length"); one at the limit
+    gets an empty completion. Other prompts in the call are untouched."""
+    long = engine.tokenizer.decode(engine.tokenizer(LONG * 2).input_ids[:248])  # room for ~8 tokens
+    over = LONG * 2
+    n_long, n_over = (len(engine.tokenizer(p).input_ids) for p in (long, over))
+    assert n_long < tiny_model.max_positions - 2 and n_over >= tiny_model.max_positions
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=200, seed=5)
+    outs = engine.generate([long, UNSEEN[0], over], params)
+    assert all(c.n_tokens <= tiny_model.max_positions - n_long for c in outs[0])
+    assert any(c.n_tokens == tiny_model.max_positions - n_long and c.finish_reason == "length" for c in outs[0])
+    assert outs[1] == engine.generate([UNSEEN[0]], params)[0]
+    assert all(c.text == "" and c.n_tokens == 0 and c.finish_reason == "length" for c in outs[2])
+
+
+def test_each_prompt_is_prefilled_once_for_its_n_samples(engine, monkeypatch):
+    """n samples share one prefill of their prompt (its KV rows are copied), and sample as they would alone."""
+    calls = []
+    prefill = engine._prefill
+    monkeypatch.setattr(engine, "_prefill", lambda ids, m: calls.append(len(ids)) or prefill(ids, m))
+    params = SamplingParams(n=8, temperature=1.0, max_new_tokens=16, seed=3)
+    together = engine.generate(UNSEEN, params)
+    assert calls == [2]  # two prompts, sixteen rows
+    assert together[1] == engine.generate([UNSEEN[1]], params)[0]
+    assert len({c.text for c in together[0]}) > 1  # copied caches still sample independently
