@@ -227,3 +227,11 @@ def test_each_prompt_is_prefilled_once_for_its_n_samples(engine, monkeypatch):
     assert calls == [2]  # two prompts, sixteen rows
     assert together[1] == engine.generate([UNSEEN[1]], params)[0]
     assert len({c.text for c in together[0]}) > 1  # copied caches still sample independently
+
+
+def test_shared_prefill_samples_equal_hf_generate_token_for_token(engine, hf_greedy):
+    """Under a greedy nucleus (top_p -> 0) all n rows decode from one copied prefill: each must be HF's greedy."""
+    prompts = [*UNSEEN, LONG, *MIXED[:4]]
+    nucleus = SamplingParams(n=4, temperature=1.0, top_p=1e-6, max_new_tokens=GREEDY.max_new_tokens, seed=2)
+    for prompt, completions in zip(prompts, engine.generate(prompts, nucleus), strict=True):
+        assert {(c.text, c.n_tokens) for c in completions} == {hf_greedy(prompt, GREEDY.max_new_tokens)}
