@@ -34,7 +34,7 @@ class PolicyConfig(BaseModel):
     intermediate_size: int = Field(512, ge=8, description="MLP inner width.")
     max_length: int = Field(512, ge=16, description="Tokens per training row (prompt + completion); longer rows "
                                                     "are truncated and lose their answer.")
-    max_steps: int = Field(300, ge=1, description="Optimizer steps.")
+    max_steps: int = Field(600, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Rows per optimizer step.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate (cosine decay after warm-up).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of the steps spent warming up.")

@@ -25,11 +25,11 @@ class Stage:
 
 
 STAGES = (
-    Stage("grade_school", (2, 2), 20, "+-", 1),
-    Stage("middle_school", (3, 3), 30, "+-*", 1),
-    Stage("high_school", (4, 5), 50, "+-*/", 1),
-    Stage("college", (4, 4), 60, "+-*/", 2),
-    Stage("competition", (5, 5), 99, "+-*/", 2),
+    Stage("grade_school", (2, 2), 10, "+-", 1),
+    Stage("middle_school", (3, 3), 15, "+-*", 1),
+    Stage("high_school", (4, 5), 20, "+-*/", 1),
+    Stage("college", (4, 4), 25, "+-*/", 2),
+    Stage("competition", (5, 5), 30, "+-*/", 2),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 TEST_FRACTION = 0.1
