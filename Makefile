@@ -3,6 +3,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+BASE   := $(VENV)/.base-stamp
 PRESET ?= toy
 LAKE   ?= ./lake
 
@@ -16,12 +17,18 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: demo test lint bench lock clean
 
+# The demo needs only the base set; the tests also need the test and scale (Ray, Kubernetes) extras.
+$(BASE): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e .
+	touch $(BASE)
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,scale]'
-	touch $(STAMP)
+	touch $(STAMP) $(BASE)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(VENV)/bin/mathfactory run --preset $(PRESET) --lake $(LAKE)
 
 test: $(STAMP)

@@ -181,7 +181,7 @@ def test_shard_parameters_fit_the_shard_flow_and_key_every_input(tiny):
 def test_shard_call_picks_each_sharded_stages_task(tiny):
     task, args = shard_call("verdicts", tiny.verify.model_dump(mode="json"), "/lake", "tiny-1", 0, 7)
     assert task is verify_shard and args == (tiny.verify, "/lake", "tiny-1", 0)  # grading takes no seed
-    with pytest.raises(ValueError, match="not sharded; sharded stages: rollouts, verdicts"):
+    with pytest.raises(ValueError, match="not sharded; sharded stages: rollouts, verdicts, credit"):
         shard_call("policy", {}, "/lake", "tiny-1", 0, 7)
 
 

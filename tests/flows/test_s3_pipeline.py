@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from mathfactory.flows.cli import app
 from mathfactory.flows.config import load_preset
 from mathfactory.tasks.core.records import Rollout, Verdict
+from mathfactory.tasks.pairs import DATASETS
 from mathfactory.tasks.storage import SECRET_ENV, DataError, Lake
 
 cli = CliRunner(env={"COLUMNS": "400"})
@@ -26,7 +27,7 @@ TINY_PRESET = Path(__file__).resolve().parents[1] / "tiny.yaml"
 BUCKET = "mathfactory-lake"  # the bucket infra/k8s/minio.yaml creates
 KEY_ID = "AKIAMATHFACTORYTEST"
 SECRET_KEY = f"s3cr3t-{uuid.uuid4().hex}"  # unique, so finding it anywhere means it leaked
-STAGES = ["problems", "policy", "rollouts", "verdicts"]
+STAGES = ["problems", "policy", "rollouts", "verdicts", "credit", *DATASETS]
 
 
 class Capture(logging.Handler):
@@ -87,7 +88,7 @@ def test_every_stage_lands_in_the_bucket(run, s3):
     cfg, output, _ = run
     run_id = cfg.run_id()
     stages = Lake(cfg.lake).stages(run_id)
-    assert list(stages) == STAGES
+    assert sorted(stages) == sorted(STAGES)
     assert stages["rollouts"]["rows"] == stages["verdicts"]["rows"] == 2 * 2 * 6
     prefix = f"{cfg.lake.removeprefix('s3://')}/runs/{run_id}"
     for stage in STAGES:
