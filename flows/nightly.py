@@ -43,7 +43,8 @@ def nightly(config: FactoryConfig | None = None, date: str | None = None, incomi
     tonight = config.model_copy(update={
         "problems": config.problems.model_copy(update={"source": "files", "files": sorted(found["files"]),
                                                        "n_train": None}),
-        "sample": config.sample.model_copy(update={"problems_per_split": None}),
+        "sample": config.sample.model_copy(update={"problems_per_split": None}),  # every new problem, whole
+        "credit": config.credit.model_copy(update={"problems": None}),
     })
     run_id = pipeline(config=tonight, date=date)["run_id"]
     advance_watermark(config.lake, config.name, date, found["files"], run_id)

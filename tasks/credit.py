@@ -44,7 +44,7 @@ class CreditConfig(BaseModel):
     round_size: int = Field(2, ge=1, description="scan/binary: continuations per probe of a step; a probe stops "
                             "at the first verified one, so smaller rounds save continuations but take more rounds.")
     max_steps: int = Field(16, ge=1, description="Rollouts with more steps are not credited (counted).")
-    problems: int | None = Field(None, ge=1, description="Credit the rollouts of the first N train problems only "
+    problems: int | None = Field(64, ge=1, description="Credit the rollouts of the first N train problems only "
                                  "(None: all): credit costs ~M continuations per step and rollout.")
     style: Literal["auto", "lines", "math"] = Field(
         "auto", description="Step splitting: lines (GSM8K/toy), math (LaTeX prose), auto = by problem source.")

@@ -36,7 +36,7 @@ class SampleConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(320, ge=1, description="Generation budget per completion.")
     splits: list[Literal["train", "test"]] = Field(["train", "test"], description="Problem splits to sample on.")
-    problems_per_split: int | None = Field(200, ge=1, description="First N problems of each split (None: all).")
+    problems_per_split: int | None = Field(150, ge=1, description="First N problems of each split (None: all).")
     shards: int = Field(2, ge=1, description="Independent tasks the stage is split into (the fan-out unit).")
 
 

@@ -70,7 +70,7 @@ def test_ls_and_show_read_the_lake(run):
     assert listed.exit_code == 0 and run_id in listed.output and "verdicts (24)" in listed.output
     shown = cli.invoke(app, ["show", run_id, "verdicts", "--lake", cfg.lake, "-n", "2"])
     assert shown.exit_code == 0 and shown.output.count("rollout_id") == 2 and "reasons" in shown.output
-    missing = cli.invoke(app, ["show", run_id, "credit", "--lake", cfg.lake])
+    missing = cli.invoke(app, ["show", run_id, "no-such-stage", "--lake", cfg.lake])
     assert missing.exit_code != 0 and "not a finished stage" in missing.output
 
 

@@ -92,11 +92,43 @@ def test_loss_is_on_the_completion_only(tok, rows, tmp_path):
         assert labels[-1] == tok.eos_token_id
 
 
-def test_sft_learns_and_saves_a_loadable_model(trained, tok):
+def completion_loss(model, tok, rows) -> float:
+    """Mean next-token loss over the completion (+ EOS) of each row, teacher-forced."""
+    total, count = 0.0, 0
+    model.eval()
+    for r in rows:
+        n_prompt = len(tok(r["prompt"]).input_ids)
+        ids = tok(r["prompt"] + r["completion"] + tok.eos_token, return_tensors="pt").input_ids
+        labels = ids.clone()
+        labels[:, :n_prompt] = -100
+        with torch.no_grad():
+            total += model(input_ids=ids, labels=labels).loss.item() * (ids.shape[1] - n_prompt)
+        count += ids.shape[1] - n_prompt
+    return total / count
+
+
+def test_length_batches_are_near_equal_in_length_shuffled_and_cover_every_row():
+    lengths = [(i * 37) % 101 for i in range(96)]
+    sampler = tiny.LengthBatches(lengths, batch_size=8, seed=0)
+    epochs = [list(sampler), list(sampler)]
+    for order in epochs:
+        assert sorted(order) == list(range(96))  # each row once per epoch
+        batches = [order[i:i + 8] for i in range(0, 96, 8)]
+        spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+        assert max(spans) <= 10  # vs ~90 for random batches of these lengths
+        firsts = [min(lengths[i] for i in b) for b in batches]
+        assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)  # no length sweep
+    assert epochs[0] != epochs[1]
+    assert list(tiny.LengthBatches(lengths, 8, seed=0)) == epochs[0]  # seeded
+
+
+def test_sft_learns_and_saves_a_loadable_model(trained, tok, rows):
     out, m = trained
     assert {"params", "train_rows", "steps", "final_loss", "train_tokens_per_s", "wall_s"} <= m.keys()
     assert (m["train_rows"], m["steps"], m["truncated_rows"]) == (64, 20, 0)
-    assert sum(m["losses"][-3:]) < 0.8 * sum(m["losses"][:3])
+    # Logged losses are of one length bucket each (LengthBatches), so compare the same rows before and after.
+    before = completion_loss(tiny.init_model(tok, PolicyConfig(**TINY)), tok, rows[:16])
+    assert completion_loss(AutoModelForCausalLM.from_pretrained(out), tok, rows[:16]) < 0.8 * before
     model = AutoModelForCausalLM.from_pretrained(out)
     loaded = AutoTokenizer.from_pretrained(out)
     assert sum(p.numel() for p in model.parameters()) == m["params"]
