@@ -7,13 +7,14 @@
    num_return_sequences=M, max_new_tokens, temperature)` once per prefix (HF then applies its default top_k=50).
    Only generated tokens count (through EOS, not padding); the engine also stops at "\nQuestion:", HF only at
    EOS, so sampled lengths differ: compare tokens/s. Best of --rounds, the two paths interleaved.
-2. Prefix reuse alone: engine([p], n=M) vs engine([p] * M, n=1) for a ~128- and a ~512-token prompt. Prefill-only
-   calls (max_new_tokens=1) show what the prefill costs: the most that sharing it could save.
+2. Prefix reuse alone: engine([p], n=M) with the prefill shared by the M rows (the KV cache copied) vs the same
+   call with share_prefill=False (one prefill per row; the samples are the same), for a ~128- and a ~512-token
+   prompt. Prefill-only calls (max_new_tokens=1) show what the prefill costs.
 
 Ratios, not asserts: other jobs share the machine (the load average is printed). Without --policy, a default
 PolicyConfig policy is trained for --train-steps in a temp dir, with max_length 1024: RoPE has no position
 weights, so it is the shipped ~1.9M-param model, only allowed 1024 positions. Prompts that do not leave room for
-max_new_tokens in the model's positions (the engine refuses them) are skipped.
+max_new_tokens in the model's positions (the engine would cut their continuations short) are skipped.
 
     .venv/bin/python benchmarks/credit_throughput.py [--policy DIR] [--prefixes 64 --m 8 --max-new-tokens 320]
 """
@@ -35,6 +36,7 @@ from mathfactory.tasks.core.steps import split_steps
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.engines import TransformersOptions, load_engine
 from mathfactory.tasks.engines.base import SamplingParams
+from mathfactory.tasks.engines.transformers_engine import TransformersEngine
 from mathfactory.tasks.policy import PolicyConfig, train_policy
 
 TEMPERATURE = 0.8  # CreditConfig's default
@@ -116,18 +118,18 @@ def compare_loops(engine, model, tok, prefixes: list[str], m: int, max_new: int,
     print(f"  the engine call with max_new_tokens=1 (prefill, no decode step): {prefill:.2f} s")
 
 
-def compare_reuse(engine, prompt: str, m: int, max_new: int, calls: int) -> None:
-    """Part 2: one prompt with n=m vs the prompt repeated m times with n=1; `calls` seeds each, interleaved, summed."""
-    variants = {f"engine([p], n={m})": ([prompt], m), f"engine([p] * {m}, n=1)": ([prompt] * m, 1)}
-    totals = {name: [0, 0.0, 0.0] for name in variants}  # tokens, seconds, prefill-only seconds
+def compare_reuse(engines: dict, prompt: str, m: int, max_new: int, calls: int) -> None:
+    """Part 2: one prompt, n=m, with the prefill shared by the m rows vs one prefill per row (the same samples);
+    `calls` seeds each, interleaved, summed."""
+    totals = {name: [0, 0.0, 0.0] for name in engines}  # tokens, seconds, prefill-only seconds
     for seed in range(calls):
-        for name, (prompts, n) in variants.items():
-            tokens, seconds = timed(lambda: engine_tokens(engine, prompts, n, max_new, seed))  # noqa: B023
-            _, prefill = timed(lambda: engine_tokens(engine, prompts, n, 1, seed))  # noqa: B023
+        for name, engine in engines.items():
+            tokens, seconds = timed(lambda: engine_tokens(engine, [prompt], m, max_new, seed))  # noqa: B023
+            _, prefill = timed(lambda: engine_tokens(engine, [prompt], m, 1, seed))  # noqa: B023
             totals[name] = [a + b for a, b in zip(totals[name], (tokens, seconds, prefill), strict=True)]
     print(f"  {'variant':26s} {'tokens':>7s} {'seconds':>8s} {'tok/s':>7s} {'tok/cont':>8s} prefill-only s")
     rates = [row(name, int(t), s, m * calls, f"{p:14.3f}") for name, (t, s, p) in totals.items()]
-    print(f"  ratio of tok/s, n={m} / repeated: {rates[0] / rates[1]:.2f}x")
+    print(f"  ratio of tok/s, shared / per-row prefill: {rates[0] / rates[1]:.2f}x")
 
 
 def main() -> None:
@@ -188,9 +190,11 @@ def main() -> None:
             step_prefixes(toy.generate(50, "train", 3)), key=lambda p: abs(len(tok(p).input_ids) - 128)
         )
         long = few_shot_prefix(tok, min(512, room))
+        per_row = TransformersEngine(policy, num_threads=args.threads, share_prefill=False)
+        engines = {"shared prefill": engine, "one prefill per row": per_row}
         for what, prompt in [("a step prefix", short), ("worked examples + a step prefix", long)]:
             print(f" {len(tok(prompt).input_ids)}-token prompt: {what}")
-            compare_reuse(engine, prompt, m, g, args.reuse_calls)
+            compare_reuse(engines, prompt, m, g, args.reuse_calls)
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -217,7 +217,7 @@ def test_a_row_ends_at_the_models_last_position_instead_of_failing(engine, tiny_
     assert all(c.text == "" and c.n_tokens == 0 and c.finish_reason == "length" for c in outs[2])
 
 
-def test_each_prompt_is_prefilled_once_for_its_n_samples(engine, monkeypatch):
+def test_each_prompt_is_prefilled_once_for_its_n_samples(engine, tiny_model, monkeypatch):
     """n samples share one prefill of their prompt (its KV rows are copied), and sample as they would alone."""
     calls = []
     prefill = engine._prefill
@@ -227,6 +227,8 @@ def test_each_prompt_is_prefilled_once_for_its_n_samples(engine, monkeypatch):
     assert calls == [2]  # two prompts, sixteen rows
     assert together[1] == engine.generate([UNSEEN[1]], params)[0]
     assert len({c.text for c in together[0]}) > 1  # copied caches still sample independently
+    per_row = TransformersEngine(tiny_model.path, share_prefill=False)  # the baseline: one prefill per sample
+    assert per_row.generate(UNSEEN, params) == together
 
 
 def test_shared_prefill_samples_equal_hf_generate_token_for_token(engine, hf_greedy):
