@@ -14,7 +14,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.flows.shard import shard_call
-from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.storage import SECRET_ENV, Lake
 
 
 class RunnerConfig(BaseModel):
@@ -47,10 +47,16 @@ def task_runner(runner: RunnerConfig, shards: int) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=shards if runner.kind == "deployment" else runner.max_workers)
 
 
+# Where the lake is and how to reach it, by name only: the name of the Prefect Secret block holding the keys and
+# the S3 endpoint/region. Keys themselves never travel in a runtime_env (Ray shows it in its dashboard).
+LAKE_ENV = (SECRET_ENV, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
 def ray_runtime_env(runner: RunnerConfig) -> dict[str, Any]:
-    """The user's runtime_env, plus this flow's Prefect API for the workers: without it each Ray worker starts its
-    own temporary Prefect server, slow, and its task runs never reach the UI."""
-    env = {**prefect_env(), **runner.runtime_env.get("env_vars", {})}
+    """The user's runtime_env, plus this flow's Prefect API for the workers (without it each Ray worker starts its
+    own temporary Prefect server, slow, and its task runs never reach the UI) and the lake settings in LAKE_ENV."""
+    lake = {k: os.environ[k] for k in LAKE_ENV if k in os.environ}
+    env = {**lake, **prefect_env(), **runner.runtime_env.get("env_vars", {})}
     return {**runner.runtime_env, "env_vars": env}
 
 

@@ -22,6 +22,7 @@ from support import REPO, TINY_PRESET
 
 from mathfactory.flows.config import load_preset
 from mathfactory.flows.fanout import (
+    LAKE_ENV,
     RunnerConfig,
     idempotency_key,
     ray_runtime_env,
@@ -196,13 +197,24 @@ def test_the_runner_is_configured_but_is_not_part_of_the_run(tiny):
         RunnerConfig(adress="ray://head:10001")
 
 
-def test_ray_workers_get_this_api_and_the_users_runtime_env(prefect_api):
+def test_ray_workers_get_this_api_and_the_users_runtime_env(prefect_api, monkeypatch):
+    for key in LAKE_ENV:
+        monkeypatch.delenv(key, raising=False)
     with get_client(sync_client=True) as client:
         api = str(client.api_url).rstrip("/")
     env = ray_runtime_env(RunnerConfig(kind="ray", runtime_env={"pip": ["x"], "env_vars": {"A": "1"}}))
     assert env == {"pip": ["x"], "env_vars": {"PREFECT_API_URL": api, "A": "1"}}
     mine = ray_runtime_env(RunnerConfig(kind="ray", runtime_env={"env_vars": {"PREFECT_API_URL": "http://x/api"}}))
     assert mine["env_vars"]["PREFECT_API_URL"] == "http://x/api"
+
+
+def test_ray_workers_find_the_lake_by_name_but_get_no_keys(prefect_api, monkeypatch):
+    monkeypatch.setenv("MATHFACTORY_STORAGE_SECRET", "lake-keys")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-ship")
+    env = ray_runtime_env(RunnerConfig(kind="ray"))["env_vars"]
+    assert env["MATHFACTORY_STORAGE_SECRET"] == "lake-keys" and env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9000"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "do-not-ship" not in str(env)
 
 
 @pytest.fixture(scope="module")
