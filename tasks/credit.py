@@ -25,7 +25,7 @@ from mathfactory.tasks.core.steps import split_steps
 from mathfactory.tasks.engines import EngineOptions, OpenAIOptions, TransformersOptions, load_engine
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.policy import policy_dir
-from mathfactory.tasks.stage import Stage, logger
+from mathfactory.tasks.stage import Stage, logger, token_rate
 
 STAGE = "credit"
 LATEX_SOURCES = ("math500",)  # their solutions are prose + LaTeX: split into sentence steps, not lines
@@ -162,8 +162,6 @@ def commit_credit(cfg: CreditConfig, lake: str, run_id: str, shards: list[dict],
         return st.uri
     done = [s for s in shards if not s.get("skipped")]
     skipped = sum((Counter(s.get("not_credited", {})) for s in done), Counter())
-    sampled = [s for s in done if "tokens" in s]  # shards that landed in an earlier attempt have no token count
-    tokens, busy = sum(s["tokens"] for s in sampled), sum(s["seconds"] for s in sampled)
-    return st.commit(started, style=cfg.style, rollouts=sum(s.get("rollouts", 0) for s in done), pits=sum(s.get("pits", 0)
-                     for s in done), continuations=sum(s["continuations"] for s in done), not_credited=dict(skipped),
-                     tokens=tokens, tokens_per_s=round(tokens / busy, 1) if busy else None)
+    return st.commit(started, style=cfg.style, rollouts=sum(s["rollouts"] for s in done),
+                     pits=sum(s["pits"] for s in done), continuations=sum(s["continuations"] for s in done),
+                     not_credited=dict(skipped), **token_rate(done))

@@ -22,7 +22,7 @@ from mathfactory.tasks.engines import (
 )
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.policy import policy_dir, policy_ref
-from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.stage import Stage, token_rate
 
 STAGE = "rollouts"
 
@@ -97,6 +97,4 @@ def commit_rollouts(cfg: SampleConfig, lake: str, run_id: str, shards: list[dict
     st = Stage(lake, run_id, STAGE, Rollout, config=cfg)
     if st.done:
         return st.uri
-    done = [s for s in shards if not s.get("skipped")]
-    tokens, busy = sum(s["tokens"] for s in done), sum(s["seconds"] for s in done)
-    return st.commit(started, tokens=tokens, tokens_per_s=round(tokens / busy, 1) if busy else None)
+    return st.commit(started, **token_rate([s for s in shards if not s.get("skipped")]))

@@ -67,3 +67,11 @@ class Stage:
                                        seconds=seconds, metrics=metrics)
         logger().info("%s: %d rows in %.1f s -> %s", self.name, self.marker["rows"], seconds, self.uri)
         return self.uri
+
+
+def token_rate(shards: list[dict]) -> dict[str, float | None]:
+    """Generated tokens and tokens/s over the shards that sampled in this attempt (busy time, not wall time): a
+    shard that landed in an earlier attempt reports no `tokens`, or 0 seconds."""
+    sampled = [s for s in shards if "tokens" in s]
+    tokens, busy = sum(s["tokens"] for s in sampled), sum(s["seconds"] for s in sampled)
+    return {"tokens": tokens, "tokens_per_s": round(tokens / busy, 1) if busy else None}

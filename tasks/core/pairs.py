@@ -202,6 +202,16 @@ def rft_advantage(positives: Iterable[SFTExample], credits: Iterable[StepCredit]
 # --- preference pairs -------------------------------------------------------------------------------------
 
 
+def _both_sides(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], skipped: Counter[str]):
+    """The groups with both a correct and a wrong rollout; the others' rollouts are counted as `no_rejected` /
+    `no_chosen`."""
+    for key, g in _groups(rollouts, verdicts, skipped):
+        if g.correct and g.wrong:
+            yield key, g
+        else:
+            skipped["no_rejected" if g.correct else "no_chosen"] += len(g.correct) + len(g.wrong)
+
+
 def outcome_pairs(
     rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], n: int, seed: int = 0
 ) -> Built[PreferencePair]:
@@ -209,10 +219,7 @@ def outcome_pairs(
 
     Skips: the shared reasons; `no_chosen` / `no_rejected` count the rollouts of problems lacking the other side."""
     rows, skipped = [], Counter()
-    for key, g in _groups(rollouts, verdicts, skipped):
-        if not g.correct or not g.wrong:
-            skipped["no_rejected" if g.correct else "no_chosen"] += len(g.correct) + len(g.wrong)
-            continue
+    for key, g in _both_sides(rollouts, verdicts, skipped):
         candidates = [(c, w) for c in g.correct for w in g.wrong]
         rows += [
             _pair("outcome", c, w)
@@ -287,10 +294,7 @@ def edit_distance_pairs(
 
     Skips: the shared reasons; `no_rejected` / `no_chosen` count the rollouts of problems lacking the other side."""
     rows, skipped = [], Counter()
-    for _, g in _groups(rollouts, verdicts, skipped):
-        if not g.correct or not g.wrong:
-            skipped["no_rejected" if g.correct else "no_chosen"] += len(g.correct) + len(g.wrong)
-            continue
+    for _, g in _both_sides(rollouts, verdicts, skipped):
         for c in g.correct:
             w = max(g.wrong, key=lambda r, c=c: edit_distance(c.completion, r.completion, unit))
             rows.append(_pair("edit_distance", c, w))
