@@ -5,7 +5,7 @@ FROM python:3.11-slim-bookworm
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
-    MATHFACTORY_HOME=/opt/mathfactory
+    MATHFACTORY_HOME=/opt/mathfactory PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30
 
 # tini as PID 1: trainers and the verifier's judge run in child processes that must be reaped and signalled.
 RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/* \

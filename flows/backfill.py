@@ -1,8 +1,9 @@
 """A date range + a FactoryConfig -> one run of the `pipeline` deployment per date (or in-process runs), watched.
 
 Each date's run is found again by an idempotency key, so a repeated backfill creates no new flow runs: finished
-dates are left alone, unfinished ones watched, failed ones retried in place (same flow run, same run id; the
-stages already in the lake are skipped).
+dates are left alone, unfinished ones watched, failed or crashed ones retried in place (same flow run, same run
+id; the stages already in the lake are skipped). A run whose worker died is Crashed by the heartbeat automation
+that `mathfactory deploy` installs (infra/automations.yaml).
 """
 
 from __future__ import annotations

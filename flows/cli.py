@@ -152,13 +152,16 @@ def deploy(gpus: Annotated[int, typer.Option(min=0, help="GPUs in the cluster: s
                                                         help="Checkout cpu workers run (default: this one).")] = None,
            nightly_policy: Annotated[str | None, typer.Option(envvar="MATHFACTORY_NIGHTLY_POLICY",
                                                               help="Model directory (path or URL) the nightly "
-                                                                   "refresh samples with.")] = None):
-    """Create or update the work pools, the gpu limit and the deployments of infra/prefect.yaml on
-    the Prefect API in PREFECT_API_URL. Safe to rerun."""
+                                                                   "refresh samples with.")] = None,
+           crash_after: Annotated[float | None, typer.Option(min=60, help="Seconds without a heartbeat before a "
+                                                             "flow run is marked Crashed (infra/automations.yaml: "
+                                                             "150).")] = None):
+    """Create or update the work pools, the gpu limit, the automations of infra/automations.yaml and the
+    deployments of infra/prefect.yaml on the Prefect API in PREFECT_API_URL. Safe to rerun."""
     from mathfactory.flows import deploy as dep
 
     try:
-        dep.deploy(gpus, checkout or dep.REPO, nightly_policy, echo=out.print)
+        dep.deploy(gpus, checkout or dep.REPO, nightly_policy, crash_after, echo=out.print)
     except dep.DeployError as e:
         out.print(f"[red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None

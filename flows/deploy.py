@@ -14,6 +14,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "infra" / "prefect.yaml"
 GPU_TEMPLATE = REPO / "infra" / "gpu-job-template.json"
+AUTOMATIONS = REPO / "infra" / "automations.yaml"
 POOLS = {"cpu": "process", "gpu": "kubernetes"}
 # Tasks tagged `gpu` share this many slots (Prefect's tag concurrency limit): one per GPU in the cluster.
 GPU_TAG = "gpu"
@@ -89,9 +90,34 @@ def gpu_template() -> tuple[dict | None, str]:
         raise DeployError(f"{GPU_TEMPLATE}: not JSON ({e})") from None
 
 
+def ensure_automations(client: Any, crash_after: float | None = None) -> list[str]:
+    """infra/automations.yaml on the server, created or updated by name; `crash_after` overrides the zombie
+    automation's `within`. Returns one line per automation."""
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+
+    lines = []
+    for spec in yaml.safe_load(AUTOMATIONS.read_text())["automations"]:
+        if crash_after is not None and spec["trigger"].get("posture") == "Proactive":
+            spec["trigger"]["within"] = crash_after
+        automation = AutomationCore.model_validate(spec)
+        found = client.read_automations_by_name(automation.name)
+        for extra in found[1:]:  # one per name, so a rename by hand cannot leave two crashing runs
+            client.delete_automation(extra.id)
+        if not found:
+            client.create_automation(automation)
+            lines.append(f"automation {automation.name}: created")
+        elif AutomationCore.model_validate(found[0].model_dump(include=set(AutomationCore.model_fields))) != automation:
+            client.update_automation(found[0].id, automation)
+            lines.append(f"automation {automation.name}: updated")
+        else:
+            lines.append(f"automation {automation.name}: unchanged")
+    return lines
+
+
 def deploy(gpus: int = 1, checkout: str | Path = REPO, nightly_policy: str | None = None,
-           echo: Callable[[str], None] = print) -> list[str]:
-    """Pools, the gpu limit, then `prefect deploy --all` on infra/prefect.yaml. Idempotent: reruns update in place.
+           crash_after: float | None = None, echo: Callable[[str], None] = print) -> list[str]:
+    """Pools, the gpu limit, the automations, then `prefect deploy --all` on infra/prefect.yaml. Idempotent: reruns update in place.
     Returns the deployments' full names."""
     import yaml
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
@@ -103,6 +129,8 @@ def deploy(gpus: int = 1, checkout: str | Path = REPO, nightly_policy: str | Non
              f"base job template: {origin}")
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=gpus)  # an upsert on the server
         echo(f"concurrency limit: tasks tagged {GPU_TAG!r} share {gpus} slot(s)")
+        for line in ensure_automations(client, crash_after):
+            echo(line)
 
         # MATHFACTORY_HOME stays unset so the pull step resolves it per pool at run time (see prefect.yaml).
         env = {k: v for k, v in os.environ.items() if k != "MATHFACTORY_HOME"}

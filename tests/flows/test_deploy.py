@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 from prefect.client.schemas.filters import (
@@ -25,10 +26,12 @@ from support import REPO, TINY_PRESET
 
 from mathfactory.flows.config import FactoryConfig, load_preset
 from mathfactory.flows.deploy import GPU_TEMPLATE, PREFECT_FILE
+from mathfactory.tasks.core.records import Verdict
 from mathfactory.tasks.storage import Lake
 
 BIN = REPO / ".venv" / "bin"
 DATES = ["2026-11-01", "2026-11-02"]
+CRASH_AFTER = 60  # seconds without a heartbeat (sent every 30 s, Prefect's minimum) before a run is Crashed
 
 
 def free_port() -> int:
@@ -115,15 +118,20 @@ def api(st: Stack):
 @pytest.fixture(scope="module")
 def deployed(stack) -> subprocess.CompletedProcess:
     started = time.monotonic()
-    result = stack.mf("deploy", "--gpus", "2")
+    result = stack.mf("deploy", "--gpus", "2", "--crash-after", str(CRASH_AFTER))
     stack.seconds["deploy"] = round(time.monotonic() - started, 1)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
+def start_worker(stack: Stack) -> subprocess.Popen:
+    return stack.start("worker", str(BIN / "prefect"), "worker", "start", "--pool", "cpu")
+
+
 @pytest.fixture(scope="module")
-def worker(stack, deployed) -> None:
-    stack.start("worker", str(BIN / "prefect"), "worker", "start", "--pool", "cpu")
+def worker(stack, deployed) -> list[subprocess.Popen]:
+    """The cpu pool's worker; a test that kills it appends its replacement."""
+    return [start_worker(stack)]
 
 
 def test_prefect_yaml_form_defaults_are_the_toy_preset():
@@ -137,19 +145,23 @@ def test_prefect_yaml_form_defaults_are_the_toy_preset():
 
 def test_deploy_creates_pools_limit_and_deployments_and_reruns_in_place(stack, deployed):
     assert "work pool cpu (process): created" in deployed.stdout
+    assert "automation mathfactory-crash-unresponsive-runs: created" in deployed.stdout
     with api(stack) as client:
         first = {d.name: d for d in client.read_deployments()}
         assert set(first) == {d["name"] for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
-        again = stack.mf("deploy", "--gpus", "2")
+        again = stack.mf("deploy", "--gpus", "2", "--crash-after", str(CRASH_AFTER))
         assert again.returncode == 0, again.stdout + again.stderr
         assert "work pool cpu (process): unchanged" in again.stdout
+        assert "automation mathfactory-crash-unresponsive-runs: unchanged" in again.stdout
+        (zombies,) = client.read_automations_by_name("mathfactory-crash-unresponsive-runs")
+        assert zombies.trigger.within.total_seconds() == CRASH_AFTER and zombies.enabled
         second = {d.name: d for d in client.read_deployments()}
         assert {n: d.id for n, d in second.items()} == {n: d.id for n, d in first.items()}
 
         pipeline = second["pipeline"]
         assert pipeline.work_pool_name == "cpu" and pipeline.parameters["config"]["name"] == "toy"
         # The checkout reaches cpu runs through the pool's env; every pool resolves the pull step at run time.
-        assert pipeline.job_variables == {"env": {"MATHFACTORY_HOME": str(REPO)}}
+        assert pipeline.job_variables == {"env": {"MATHFACTORY_HOME": str(REPO), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
         assert all(d.pull_steps == [{"prefect.deployments.steps.set_working_directory":
                                      {"directory": "{{ $MATHFACTORY_HOME }}"}}] for d in second.values())
         assert "config" in pipeline.parameter_openapi_schema["properties"]  # the UI's form
@@ -225,6 +237,49 @@ def test_a_failed_date_is_retried_in_place(stack, backfilled):
         assert client.count_flow_runs(deployment_filter=of_pipeline) == count
     assert Lake(str(lake_dir)).runs() == [run_id] and Lake(str(lake_dir)).marker(run_id, "verdicts")
     shutil.rmtree(model)
+
+
+def test_a_date_whose_worker_died_is_crashed_then_completed_by_the_next_backfill(stack, backfilled, worker):
+    """SIGKILL the worker (and its flow-run process) during SFT: the heartbeat automation marks the run Crashed,
+    the rerun of the date resumes it in place, skipping the stage that was done and writing nothing twice."""
+    date, lake_dir = "2026-11-04", stack.tmp / "lake-killed"
+    args = ["backfill", "--start", date, "--end", date, "--preset", str(TINY_PRESET), "--lake", str(lake_dir),
+            "--set", "policy.max_steps=600"]  # long enough to be killed in the middle of
+    run_id = load_preset(str(TINY_PRESET), ["policy.max_steps=600"]).run_id(date)
+    lake = Lake(str(lake_dir))
+    assert stack.mf(*args, "--no-wait").returncode == 0
+    deadline = time.monotonic() + 120
+    while not (lake.runs() and lake.marker(run_id, "problems")):
+        assert time.monotonic() < deadline, (stack.tmp / "worker.log").read_text()[-3000:]
+        time.sleep(0.2)
+    problems = lake.marker(run_id, "problems")
+    # A node dying: every process of the worker's tree gets SIGKILL at once, so none can report a state.
+    tree = psutil.Process(worker[-1].pid)
+    for proc in [tree, *tree.children(recursive=True)]:
+        proc.kill()
+    worker[-1].wait(10)
+    assert lake.marker(run_id, "policy") is None, "the run finished before the kill; lengthen its SFT"
+
+    started = time.monotonic()
+    with api(stack) as client:
+        of_run = FlowRunFilter(name=FlowRunFilterName(any_=[run_id]))
+        while not (run := client.read_flow_runs(flow_run_filter=of_run)[0]).state.is_crashed():
+            assert run.state.is_running(), run.state
+            assert time.monotonic() - started < CRASH_AFTER + 90, "no Crashed state: is the automation deployed?"
+            time.sleep(2)
+        stack.seconds["kill to Crashed"] = round(time.monotonic() - started, 1)
+        assert "heartbeat" in run.state.message
+
+        worker.append(start_worker(stack))
+        rerun = stack.mf(*args)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert "retried" in rerun.stdout and "Completed" in rerun.stdout
+        (run,) = client.read_flow_runs(flow_run_filter=of_run)
+        assert run.state.is_completed() and run.run_count == 2
+    assert lake.runs() == [run_id] and lake.marker(run_id, "problems") == problems  # done before the kill: kept
+    verdicts = list(lake.read(run_id, "verdicts", Verdict))
+    assert len(verdicts) == lake.marker(run_id, "verdicts")["rows"] == 24
+    assert len({v.rollout_id for v in verdicts}) == 24
 
 
 def test_the_nightly_refresh_is_scheduled(stack, deployed):
