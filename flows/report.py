@@ -10,9 +10,13 @@ from rich.table import Table
 from mathfactory.tasks.core.records import Rollout, StepCredit
 from mathfactory.tasks.core.steps import Step
 from mathfactory.tasks.domains.toy import STAGE_NAMES
+from mathfactory.tasks.evaluate import STAGE_PREFIX as EVAL_PREFIX
+from mathfactory.tasks.evaluate import train_stage
 from mathfactory.tasks.storage import Lake
 
 Tables = list[tuple[str, list[str], list[list[str]]]]
+# The comparison's rows: pi_sft, then what fine-tuning on its own samples gives, then the preference methods.
+METHOD_ORDER = ("sft", "rft", "af_rft", "dpo", "edit_dpo", "step_dpo")
 
 
 def _stage_order(group: str) -> tuple:
@@ -47,7 +51,40 @@ def tables(lake: Lake, run_id: str) -> Tables:
         out.append(("training sets", ["dataset", "rows", "inputs left out (why)"],
                     [[name, str(m["rows"]), ", ".join(f"{k} {v}" for k, v in m["metrics"]["skipped"].items()) or "-"]
                      for name, m in built]))
+    if any(name.startswith(EVAL_PREFIX) for name in stages):
+        out.append(_comparison(stages))
     return out
+
+
+def _with_ci(rate: float | None, ci: list[float] | None) -> str:
+    """0.233, [0.161, 0.324] -> "23.3% [16.1, 32.4]"."""
+    return "-" if rate is None or ci is None else f"{rate:.1%} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def comparison(lake: Lake, run_id: str) -> tuple[str, list[str], list[list[str]]]:
+    """One row per evaluated model: its training rows, pass@1 and maj@k with 95 % intervals, pass@1 by stage."""
+    return _comparison(lake.stages(run_id))
+
+
+def _comparison(stages: dict[str, dict]) -> tuple[str, list[str], list[list[str]]]:
+    evals = {name.removeprefix(EVAL_PREFIX): m["metrics"] for name, m in stages.items() if name.startswith(EVAL_PREFIX)}
+    methods = [m for m in METHOD_ORDER if m in evals] + sorted(set(evals) - set(METHOD_ORDER))
+    ks = {evals[m].get("k") for m in methods}
+    maj = f"maj@{next(iter(ks))}" if len(ks) == 1 else "maj@k"
+    rows = []
+    for method in methods:
+        e = evals[method]
+        train_rows = (stages.get(train_stage(method)) or {}).get("metrics", {}).get("train_rows")
+        by_stage = sorted(e.get("by_stage", {}).items(), key=lambda kv: _stage_order(f"/{kv[0]}"))
+        rows.append([
+            method, "-" if train_rows is None else str(train_rows), str(e.get("n")),
+            _with_ci(e.get("pass@1"), e.get("pass@1_ci")),
+            _with_ci(e.get("maj@k"), e.get("maj@k_ci")) + ("" if len(ks) == 1 else f" (k={e.get('k')})"),
+            " / ".join(f"{100 * g['pass@1']:.0f}" for _, g in by_stage if g.get("pass@1") is not None) or "-",
+        ])
+    splits = sorted({str(evals[m].get("split")) for m in methods})
+    return (f"models on the {'/'.join(splits)} split: greedy pass@1, {maj} of samples (95% Wilson intervals)",
+            ["method", "training rows", "problems", "pass@1", maj, "pass@1 % by stage, easiest first"], rows)
 
 
 def render_credit(rollout: Rollout, steps: list[Step], rows: list[StepCredit]) -> str:

@@ -51,16 +51,21 @@ def arrow_schema(cls: type) -> pa.Schema:
     hints = typing.get_type_hints(cls)
     fields = []
     for f in dataclasses.fields(cls):
-        t, nullable = hints[f.name], False
-        args = typing.get_args(t)
-        if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
-            t, nullable = next(a for a in args if a is not type(None)), True
+        t, nullable = _optional(hints[f.name])
         if typing.get_origin(t) is list:
-            arrow_type = pa.list_(_ARROW[typing.get_args(t)[0]])
+            # pa.list_ items are nullable either way: list[T] and list[T | None] share one Arrow type.
+            arrow_type = pa.list_(_ARROW[_optional(typing.get_args(t)[0])[0]])
         else:
             arrow_type = _ARROW[t]
         fields.append(pa.field(f.name, arrow_type, nullable=nullable))
     return pa.schema(fields, metadata={"record": cls.__name__, "schema_version": str(SCHEMA_VERSION)})
+
+
+def _optional(t: Any) -> tuple[Any, bool]:
+    """(T, True) for `T | None`, else (t, False)."""
+    if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+        return next(a for a in typing.get_args(t) if a is not type(None)), True
+    return t, False
 
 
 @functools.cache

@@ -1,6 +1,7 @@
+import pyarrow as pa
 import pytest
 
-from mathfactory.tasks.core.records import Problem, Verdict
+from mathfactory.tasks.core.records import EvalResult, Problem, StepwiseExample, Verdict
 from mathfactory.tasks.storage import DataError, Lake, arrow_schema
 
 
@@ -36,3 +37,16 @@ def test_schema_is_derived_from_the_declaration():
     schema = arrow_schema(Verdict)
     assert schema.names == [f for f in Verdict.__dataclass_fields__]
     assert schema.field("predicted").nullable and not schema.field("correct").nullable
+
+
+def test_lists_of_optional_values_round_trip(lake):
+    schema = arrow_schema(EvalResult)
+    assert schema.field("sampled_predicted").type == pa.list_(pa.string()) == arrow_schema(StepwiseExample).field(
+        "completions").type  # list[str | None] and list[str]: one Arrow type, items nullable
+    assert not schema.field("sampled_predicted").nullable
+    rows = [EvalResult(f"e{i}", f"p{i}", "test", "grade_school", "sft", "runs/r/policy", "#### 3", "3", True,
+                       "correct", 3, answers, 1, "3", True, "3", 7)
+            for i, answers in enumerate([["3", None, "4"], [None, None, None], []])]
+    lake.write_part("run", "eval_sft", 0, EvalResult, rows)
+    lake.commit("run", "eval_sft", EvalResult)
+    assert list(lake.read("run", "eval_sft", EvalResult)) == rows

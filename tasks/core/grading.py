@@ -200,6 +200,13 @@ def grade_numeric(gold: str, predicted: str) -> bool | None:
     return g == p
 
 
+def answer_key(answer: str) -> str:
+    """What answers the numeric path calls equal have in common: a plain number's exact value ("1,000", "$1000"
+    and "1000.0" all give "1000"), else the text without whitespace (the LaTeX path is not consulted)."""
+    value = parse_number(answer)
+    return str(value) if value is not None else "".join(answer.split())
+
+
 def grade_fast(gold: str, completion: str, max_answer_chars: int = MAX_ANSWER_CHARS) -> Grade | None:
     """The full Grade when no LaTeX judge is needed (no answer, oversized answer, both plain numbers), else None."""
     calc_errors = check_annotations(completion)[1]

@@ -119,6 +119,29 @@ class PreferencePair:
 
 
 @dataclass(frozen=True)
+class EvalResult:
+    """One held-out problem evaluated with one model: a greedy answer (pass@1) and k sampled ones (maj@k)."""
+
+    eval_id: str  # stable_id(problem_id, model, seed, k)
+    problem_id: str
+    split: str
+    stage: str
+    method: str  # the training method that made the model: sft | rft | dpo | ...
+    model: str  # the model evaluated, named as Rollout.policy names it
+    greedy_completion: str
+    greedy_predicted: str | None
+    greedy_correct: bool
+    greedy_reason: str  # one of REASONS
+    k: int
+    sampled_predicted: list[str | None]  # the k samples' extracted answers, in sample order
+    n_sampled_correct: int
+    majority: str | None  # the most common sampled answer (first seen on ties), None if no sample answered
+    majority_correct: bool
+    gold: str
+    seed: int  # the sampling seed the k samples were drawn with
+
+
+@dataclass(frozen=True)
 class Quarantined:
     """A row a stage refused, kept with where it came from and why, so a flow never dies on one bad row."""
 
@@ -129,4 +152,4 @@ class Quarantined:
 
 
 RECORDS = {cls.__name__: cls for cls in (Problem, Rollout, Verdict, StepCredit, StepwiseExample, SFTExample,
-                                         PreferencePair, Quarantined)}
+                                         PreferencePair, EvalResult, Quarantined)}

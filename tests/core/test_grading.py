@@ -6,7 +6,14 @@ from fractions import Fraction
 
 import pytest
 
-from mathfactory.tasks.core.grading import Grade, extract_answer, grade_fast, grade_numeric, parse_number
+from mathfactory.tasks.core.grading import (
+    Grade,
+    answer_key,
+    extract_answer,
+    grade_fast,
+    grade_numeric,
+    parse_number,
+)
 
 BLOB = "\\left(" + "x^{2}+\\frac{1}{y}" * 6000 + "\\right)"  # ~100 kB of LaTeX on one line
 DEEP_FRAC = "\\frac{1}{" * 500 + "2" + "}" * 500
@@ -213,3 +220,21 @@ def test_gsm8k_gold_agrees_with_itself_reformatted(shared_data):
     assert all(v == 1.0 for k, v in rates.items() if k != "gold+1 (control)")
     assert rates["gold+1 (control)"] == 0.0
     assert all(gr is not None and gr.reason == "wrong" for gr in off_by_one)
+
+
+@pytest.mark.parametrize(
+    "a, b, same",
+    [
+        ("1,000", "1000.0", True),
+        ("$18", "18 dollars", True),
+        ("\\frac{3}{4}", "0.75", True),
+        ("-5.", "-5", True),
+        ("7", "8", False),
+        ("x + 1", "x+1", True),  # LaTeX is compared as written, whitespace aside
+        ("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}", False),  # equal values: only the judge would know
+    ],
+)
+def test_answer_key_joins_what_the_numeric_path_calls_equal(a, b, same):
+    assert (answer_key(a) == answer_key(b)) is same
+    if grade_numeric(a, b) is not None:
+        assert grade_numeric(a, b) is same

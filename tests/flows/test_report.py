@@ -1,6 +1,7 @@
-from mathfactory.flows.report import render_credit
+from mathfactory.flows.report import comparison, markdown, render_credit, tables
 from mathfactory.tasks.core.records import Rollout, StepCredit
 from mathfactory.tasks.core.steps import split_steps
+from mathfactory.tasks.storage import Lake
 
 COMPLETION = "Ava finds 3, so 5+3=<<5+3=8>>8 apples.\nAva gives away 2, so 8-2=<<8-2=7>>7 apples.\n#### 7\n"
 ROLLOUT = Rollout("r1", "p1", "train", "grade_school", "pol", 0, "Question: Ava has 5 apples...\nAnswer:\n",
@@ -23,3 +24,41 @@ def test_a_credited_rollout_shows_q_advantage_and_its_pit():
     step2 = next(line for line in lines if "step  2" in line)
     assert "Q=0.00" in step2 and "A=-0.75" in step2 and "8-2" in step2 and step2.endswith("<-- first pit")
     assert "#### 7" in text  # the last step keeps its answer line
+
+
+def evaluated(lake: Lake, method: str, passed: int, voted: int, n: int = 30, k: int = 4) -> None:
+    """An eval stage's marker as commit_eval writes it (the rates and intervals of `passed` and `voted` of n)."""
+    from mathfactory.tasks.core.evaluation import wilson
+
+    lake.commit("r", f"eval_{method}", None, metrics={
+        "method": method, "model": f"runs/r/{method}", "split": "test", "n": n, "k": k,
+        "pass@1": passed / n, "pass@1_ci": list(wilson(passed, n)),
+        "maj@k": voted / n, "maj@k_ci": list(wilson(voted, n)),
+        "by_stage": {"middle_school": {"n": n // 2, "pass@1": 0.125, "maj@k": 0.25},
+                     "grade_school": {"n": n // 2, "pass@1": 0.4, "maj@k": 0.5}}})
+
+
+def test_comparison_has_one_row_per_evaluated_method_in_a_fixed_order(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    lake.commit("r", "policy", None, metrics={"train_rows": 4000})
+    lake.commit("r", "train_dpo", None, metrics={"train_rows": 119})
+    for method, passed, voted in (("dpo", 9, 10), ("rft", 8, 8), ("sft", 7, 9)):  # committed out of order
+        evaluated(lake, method, passed, voted)
+    lake.commit("r", "train_step_dpo", None, metrics={"train_rows": 40})  # trained, not evaluated: no row
+    title, headers, rows = comparison(lake, "r")
+    assert headers == ["method", "training rows", "problems", "pass@1", "maj@4", "pass@1 % by stage, easiest first"]
+    assert rows == [
+        ["sft", "4000", "30", "23.3% [11.8, 40.9]", "30.0% [16.7, 47.9]", "40 / 12"],
+        ["rft", "-", "30", "26.7% [14.2, 44.4]", "26.7% [14.2, 44.4]", "40 / 12"],
+        ["dpo", "119", "30", "30.0% [16.7, 47.9]", "33.3% [19.2, 51.2]", "40 / 12"],
+    ]
+    assert "test split" in title and "maj@4" in title
+    assert tables(lake, "r")[-1] == (title, headers, rows)
+    assert "| sft | 4000 | 30 | 23.3% [11.8, 40.9] |" in markdown(lake, "r")
+
+
+def test_no_evaluation_no_comparison(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    lake.commit("r", "policy", None, metrics={"train_rows": 4000})
+    assert [title for title, _, _ in tables(lake, "r")] == ["run r"]
+    assert comparison(lake, "r")[2] == []

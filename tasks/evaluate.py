@@ -1,0 +1,176 @@
+"""Stage `eval_{method}`: held-out problems + the model a training method made -> EvalResult rows (a greedy
+answer for pass@1, k sampled ones for maj@k), in shards; the commit holds the summary with 95 % intervals."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from mathfactory.tasks.core import evaluation, format
+from mathfactory.tasks.core.grading import Grade
+from mathfactory.tasks.core.records import EvalResult, Problem, stable_id
+from mathfactory.tasks.engines import (
+    EngineOptions,
+    OpenAIOptions,
+    TransformersOptions,
+    load_engine,
+    model_name,
+)
+from mathfactory.tasks.engines.base import Completion, SamplingParams
+from mathfactory.tasks.policy import STAGE as POLICY
+from mathfactory.tasks.policy import policy_dir, policy_ref
+from mathfactory.tasks.stage import Stage, token_rate
+from mathfactory.tasks.storage import MARKER, Lake
+from mathfactory.tasks.train import TRAINED
+from mathfactory.tasks.train import stage_name as train_stage_name
+
+METHODS = ("sft", *TRAINED)  # sft: pi_sft, the policy stage
+STAGE_PREFIX = "eval_"
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: EngineOptions = Field(default_factory=TransformersOptions, description="Model backend that generates.")
+    split: Literal["train", "test"] = Field("test", description="Problem split evaluated on (test is held out).")
+    problems_per_stage: int | None = Field(20, ge=1, description="First N problems of each education stage of "
+                                           "the split, in lake order (None: all).")
+    k: int = Field(4, ge=1, description="Sampled completions per problem, voted on for maj@k.")
+    temperature: float = Field(0.8, gt=0, description="Temperature of the k samples (pass@1 decodes greedily).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the k samples.")
+    max_new_tokens: int = Field(320, ge=1, description="Generation budget per completion.")
+    shards: int = Field(2, ge=1, description="Independent tasks the stage is split into (the fan-out unit).")
+
+
+def _known(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    return method
+
+
+def eval_stage(method: str) -> str:
+    """The lake stage holding `method`'s evaluation: `eval_dpo`."""
+    return STAGE_PREFIX + _known(method)
+
+
+def method_of(stage: str) -> str:
+    """The method an eval stage evaluates: `eval_dpo` -> `dpo`."""
+    if not stage.startswith(STAGE_PREFIX):
+        raise ValueError(f"{stage!r} is not an evaluation stage (they are named {STAGE_PREFIX}{{method}})")
+    return _known(stage.removeprefix(STAGE_PREFIX))
+
+
+def train_stage(method: str) -> str:
+    """The lake stage whose model directory `method` made: the run's policy (pi_sft) for sft."""
+    return POLICY if method == "sft" else train_stage_name(method)
+
+
+def model_ref(lake: str, run_id: str, method: str) -> str:
+    """The model by name, independent of where the lake is (as Rollout.policy names the policy)."""
+    return policy_ref(lake, run_id) if method == "sft" else f"runs/{run_id}/{train_stage(method)}"
+
+
+def model_dir(lake: str, run_id: str, method: str) -> Path:
+    """A local directory holding the model `method` trained in run `run_id`."""
+    lk, stage = Lake(lake), train_stage(_known(method))
+    if lk.marker(run_id, stage) is None:
+        raise FileNotFoundError(f"run {run_id}: no model to evaluate for method {method!r}: stage {stage!r} has "
+                                f"not finished (no {MARKER} in {lk.uri(run_id, stage)})")
+    return policy_dir(lake, run_id) if method == "sft" else lk.local_dir(run_id, stage)
+
+
+def selected(problems: Iterable[Problem], cfg: EvalConfig, shard: int) -> Iterator[Problem]:
+    """The problems of `shard`: the first `problems_per_stage` of each education stage of the split, dealt
+    round-robin to shards."""
+    taken: Counter[str] = Counter()
+    for p in problems:
+        if p.split != cfg.split or (cfg.problems_per_stage is not None and taken[p.stage] >= cfg.problems_per_stage):
+            continue
+        taken[p.stage] += 1
+        if (taken.total() - 1) % cfg.shards == shard:
+            yield p
+
+
+def sampling_seed(seed: int) -> int:
+    """One seed for every shard: engines seed each prompt from (seed, prompt), so a problem gets the same samples
+    whichever shard it is dealt to, and the same random draws under every method's model."""
+    return int(stable_id("eval", seed), 16) % 2**31
+
+
+def _result(p: Problem, method: str, model: str, greedy: Completion, grades: Sequence[Grade], seed: int
+            ) -> EvalResult:
+    """One problem's row from its greedy completion and the grades of [greedy, *samples]."""
+    first, samples = grades[0], grades[1:]
+    answers = [g.predicted for g in samples]
+    majority, majority_correct = evaluation.vote(answers, [g.correct for g in samples])
+    return EvalResult(
+        eval_id=stable_id(p.problem_id, model, seed, len(samples)), problem_id=p.problem_id, split=p.split,
+        stage=p.stage, method=method, model=model, greedy_completion=greedy.text, greedy_predicted=first.predicted,
+        greedy_correct=first.correct, greedy_reason=first.reason, k=len(samples), sampled_predicted=answers,
+        n_sampled_correct=sum(g.correct for g in samples), majority=majority, majority_correct=majority_correct,
+        gold=p.answer, seed=seed,
+    )
+
+
+def _model(cfg: EvalConfig, lake: str, run_id: str, method: str) -> str:
+    # HTTP engines evaluate the served model; in-process ones the method's model from the lake.
+    return model_name(cfg.engine, None if isinstance(cfg.engine, OpenAIOptions) else model_ref(lake, run_id, method))
+
+
+@task(name="eval-shard", task_run_name="{stage}-shard-{shard}", cache_policy=NO_CACHE, retries=2)
+def eval_shard(cfg: EvalConfig, lake: str, run_id: str, stage: str, shard: int, seed: int) -> dict:
+    """Shard `shard` of `stage` (eval_{method}): per problem one greedy completion and k samples, all graded."""
+    from mathfactory.tasks.judge import Judge
+
+    method = method_of(stage)
+    st = Stage(lake, run_id, stage, EvalResult, config=cfg)
+    if st.done:
+        return {"shard": shard, "skipped": True}
+    if st.has_shard(shard):  # a retry after this shard landed: count it, don't evaluate it again
+        return {"shard": shard, "rows": sum(1 for _ in st.lake.read_part(run_id, stage, shard, EvalResult))}
+    s = sampling_seed(seed)
+    served = isinstance(cfg.engine, OpenAIOptions)
+    engine = load_engine(cfg.engine, None if served else model_dir(lake, run_id, method), s)
+    model = _model(cfg, lake, run_id, method)
+    problems = list(selected(st.lake.read(run_id, "problems", Problem), cfg, shard))
+    common = dict(max_new_tokens=cfg.max_new_tokens, stop=format.STOP, seed=s)
+    greedy = SamplingParams(n=1, temperature=0.0, **common)
+    sampled = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, **common)
+    chunk = max(1, 512 // cfg.k)  # prompts per engine call: engines sort by length within a call
+    tokens, t0 = 0, time.perf_counter()
+
+    def rows() -> Iterator[EvalResult]:
+        nonlocal tokens
+        with Judge() as judge:
+            for i in tqdm(range(0, len(problems), chunk), desc=f"{stage} shard {shard}", disable=None):
+                batch = problems[i : i + chunk]
+                prompts = [format.prompt(p.question) for p in batch]
+                outs = [g + c for g, c in zip(engine.generate(prompts, greedy), engine.generate(prompts, sampled),
+                                              strict=True)]
+                tokens += sum(c.n_tokens for cs in outs for c in cs)
+                grades = judge.grade_many((p.answer, c.text) for p, cs in zip(batch, outs, strict=True) for c in cs)
+                for j, (p, cs) in enumerate(zip(batch, outs, strict=True)):
+                    yield _result(p, method, model, cs[0], grades[j * (1 + cfg.k) : (j + 1) * (1 + cfg.k)], s)
+
+    n = st.write(shard, rows())
+    return {"shard": shard, "rows": n, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+@task(name="eval", task_run_name="{stage}", cache_policy=NO_CACHE)
+def commit_eval(cfg: EvalConfig, lake: str, run_id: str, stage: str, shards: list[dict], started: float) -> str:
+    """Mark the stage done, with the model, pass@1 and maj@k (95 % Wilson intervals) and tokens/s."""
+    st = Stage(lake, run_id, stage, EvalResult, config=cfg)
+    if st.done:
+        return st.uri
+    method = method_of(stage)
+    rows = [r for s in range(cfg.shards) for r in st.lake.read_part(run_id, stage, s, EvalResult)]
+    return st.commit(started, method=method, model=_model(cfg, lake, run_id, method), split=cfg.split,
+                     **evaluation.summarize(rows), **token_rate([s for s in shards if not s.get("skipped")]))

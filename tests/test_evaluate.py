@@ -1,0 +1,229 @@
+"""Stage eval_{method}: a tiny policy trained into a lake and evaluated for real on its run's test split, through
+the fan-out a pipeline uses; a scripted teacher, right on exactly the problems it knows, checks the pass@1 / maj@k
+bookkeeping that a weak policy (always wrong) cannot."""
+
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect import flow
+from pytest import approx
+from support import TINY_PRESET
+from teacher import ScriptedTeacher
+
+from mathfactory.flows.fanout import RunnerConfig, run_sharded
+from mathfactory.flows.report import comparison, tables
+from mathfactory.flows.shard import is_sharded, shard_call
+from mathfactory.tasks import evaluate
+from mathfactory.tasks.core import evaluation, format
+from mathfactory.tasks.core.grading import extract_answer
+from mathfactory.tasks.core.records import REASONS, EvalResult, Problem
+from mathfactory.tasks.engines import TransformersOptions, load_engine
+from mathfactory.tasks.engines.base import SamplingParams
+from mathfactory.tasks.evaluate import EvalConfig, commit_eval, eval_shard, eval_stage
+from mathfactory.tasks.policy import PolicyConfig, policy_dir, train_policy
+from mathfactory.tasks.problems import ProblemsConfig, make_problems
+from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.storage import Lake
+
+TINY = yaml.safe_load(TINY_PRESET.read_text())
+RUN = "tiny-eval"
+SEED = 3
+STAGES = TINY["problems"]["stages"]
+PER_STAGE = 3  # test problems evaluated per education stage (the tiny preset has 8)
+EVAL = EvalConfig(problems_per_stage=PER_STAGE, k=3, max_new_tokens=24, shards=2)
+SFT = eval_stage("sft")
+
+
+def make_run(lake: str) -> None:
+    """A run's problems and its trained policy (pi_sft), written as the pipeline's first two stages write them
+    (the policy trained in this process, by the function the policy stage runs)."""
+    make_problems.fn(ProblemsConfig(**TINY["problems"]), lake, RUN, SEED)
+    cfg = PolicyConfig(**TINY["policy"])
+    st = Stage(lake, RUN, "policy", None, config=cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        train = [p for p in st.lake.read(RUN, "problems", Problem) if p.split == "train"]
+        metrics = train_policy(cfg, train, Path(tmp))
+        st.lake.put_dir(tmp, RUN, "policy")
+    st.commit(**metrics)
+
+
+def copy_run(src: str, dst: str, stages=("problems", "policy")) -> str:
+    for stage in stages:
+        shutil.copytree(Path(src) / "runs" / RUN / stage, Path(dst) / "runs" / RUN / stage)
+    return dst
+
+
+def evaluate_here(cfg: EvalConfig, lake: str, stage: str = SFT) -> list[EvalResult]:
+    """The stage's shards one after another in this process (no Prefect run), then its commit."""
+    started = time.time()
+    shards = [eval_shard.fn(cfg, lake, RUN, stage, s, SEED) for s in range(cfg.shards)]
+    commit_eval.fn(cfg, lake, RUN, stage, shards, started)
+    return list(Lake(lake).read(RUN, stage, EvalResult))
+
+
+def chosen(lake: str) -> list[Problem]:
+    """The first PER_STAGE test problems of each stage, in lake order."""
+    taken, out = Counter(), []
+    for p in Lake(lake).read(RUN, "problems", Problem):
+        if p.split == "test" and taken[p.stage] < PER_STAGE:
+            taken[p.stage] += 1
+            out.append(p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> str:
+    lake = str(tmp_path_factory.mktemp("trained") / "lake")
+    make_run(lake)
+    return lake
+
+
+@flow
+def evaluation_flow(cfg: EvalConfig, lake: str, stage: str) -> str:
+    """What a pipeline does for one method: the stage's shards where the runner says, then its commit."""
+    started = time.time()
+    shards = run_sharded(RunnerConfig(), stage, cfg, lake, RUN, cfg.shards, SEED)
+    return commit_eval(cfg, lake, RUN, stage, shards, started)
+
+
+@pytest.fixture(scope="module")
+def evaluated(prefect_api, trained, tmp_path_factory) -> str:
+    """pi_sft evaluated under Prefect, through the fan-out (local threads), in a copy of the trained run."""
+    lake = copy_run(trained, str(tmp_path_factory.mktemp("evaluated") / "lake"))
+    assert evaluation_flow(EVAL, lake, SFT) == Lake(lake).uri(RUN, SFT)
+    return lake
+
+
+def test_one_row_per_problem_with_its_greedy_answer_and_k_samples(evaluated):
+    lake = Lake(evaluated)
+    rows = list(lake.read(RUN, SFT, EvalResult))
+    problems = {p.problem_id: p for p in chosen(evaluated)}
+    assert len(problems) == len(STAGES) * PER_STAGE
+    assert sorted(r.problem_id for r in rows) == sorted(problems)  # each once, none other
+    assert len({r.eval_id for r in rows}) == len(rows)
+    for r in rows:
+        p = problems[r.problem_id]
+        assert (r.split, r.stage, r.gold, r.method, r.model) == ("test", p.stage, p.answer, "sft", f"runs/{RUN}/policy")
+        assert r.greedy_reason in REASONS and r.greedy_correct == (r.greedy_reason == "correct")
+        assert r.greedy_predicted == extract_answer(r.greedy_completion)
+        assert r.k == len(r.sampled_predicted) == 3 and 0 <= r.n_sampled_correct <= 3
+        assert r.majority == evaluation.majority(r.sampled_predicted)
+    # The pass@1 answer is the model's greedy decode of the shared prompt format.
+    engine = load_engine(TransformersOptions(), policy_dir(evaluated, RUN))
+    ordered = [problems[r.problem_id] for r in rows]
+    greedy = engine.generate([format.prompt(p.question) for p in ordered],
+                             SamplingParams(n=1, temperature=0, max_new_tokens=24, stop=format.STOP))
+    assert [r.greedy_completion for r in rows] == [g[0].text for g in greedy]
+
+    marker = lake.marker(RUN, SFT)
+    assert marker["parts"] == ["part-00000.parquet", "part-00001.parquet"] and marker["record"] == "EvalResult"
+    metrics, n = marker["metrics"], len(rows)
+    assert metrics["pass@1"] == approx(sum(r.greedy_correct for r in rows) / n, abs=1e-6)
+    assert metrics["maj@k"] == approx(sum(r.majority_correct for r in rows) / n, abs=1e-6)
+    assert metrics["pass@1_ci"] == approx(evaluation.wilson(sum(r.greedy_correct for r in rows), n), abs=1e-6)
+    assert (metrics["method"], metrics["model"], metrics["split"], metrics["n"], metrics["k"]) == (
+        "sft", f"runs/{RUN}/policy", "test", n, 3)
+    assert list(metrics["by_stage"]) == STAGES
+    assert metrics["tokens"] > 0 and metrics["tokens_per_s"] > 0
+
+
+def test_a_finished_stage_is_skipped(evaluated):
+    lake = Lake(evaluated)
+    before = lake.marker(RUN, SFT)
+    parts = {p: lake.fs.info(p)["mtime"] for p in lake.fs.glob(f"{lake.stage_path(RUN, SFT)}/part-*.parquet")}
+    assert evaluation_flow(EVAL, evaluated, SFT) == lake.uri(RUN, SFT)
+    assert eval_shard.fn(EVAL, evaluated, RUN, SFT, 0, SEED) == {"shard": 0, "skipped": True}
+    commit_eval.fn(EVAL, evaluated, RUN, SFT, [], time.time())
+    assert lake.marker(RUN, SFT) == before
+    assert {p: lake.fs.info(p)["mtime"] for p in parts} == parts
+
+
+def test_same_model_and_seed_give_the_same_rows_anywhere(evaluated, trained, tmp_path):
+    """Another lake, and the problems dealt to one shard instead of two: prompts are seeded by (seed, prompt)."""
+    rows = sorted(Lake(evaluated).read(RUN, SFT, EvalResult), key=lambda r: r.eval_id)
+    again = evaluate_here(EVAL, copy_run(trained, str(tmp_path / "again")))
+    assert sorted(again, key=lambda r: r.eval_id) == rows
+    one_shard = evaluate_here(EVAL.model_copy(update={"shards": 1}), copy_run(trained, str(tmp_path / "one")))
+    assert sorted(one_shard, key=lambda r: r.eval_id) == rows
+
+
+def test_a_landed_shard_is_counted_not_redone(trained, tmp_path):
+    lake = copy_run(trained, str(tmp_path / "lake"))
+    first = eval_shard.fn(EVAL, lake, RUN, SFT, 1, SEED)
+    path = Lake(lake).part_path(RUN, SFT, 1)
+    mtime = Lake(lake).fs.info(path)["mtime"]
+    assert eval_shard.fn(EVAL, lake, RUN, SFT, 1, SEED) == {"shard": 1, "rows": first["rows"]}  # no tokens
+    assert Lake(lake).fs.info(path)["mtime"] == mtime
+
+
+def test_eval_stages_are_sharded_and_unknown_methods_refused(trained):
+    task, args = shard_call(SFT, EVAL.model_dump(mode="json"), trained, RUN, 1, SEED)  # as a shard run gets it
+    assert task is eval_shard and args == (EVAL, trained, RUN, SFT, 1, SEED)
+    listing = "sft, rft, af_rft, dpo, step_dpo, edit_dpo"
+    for call in (lambda: eval_stage("ppo"), lambda: shard_call("eval_ppo", {}, trained, RUN, 0, SEED),
+                 lambda: eval_shard.fn(EVAL, trained, RUN, "eval_ppo", 0, SEED)):
+        with pytest.raises(ValueError, match=f"unknown method 'ppo'; methods: {listing}"):
+            call()
+    assert is_sharded("eval_dpo") and is_sharded("rollouts")
+    assert not is_sharded("eval_ppo") and not is_sharded("sft") and not is_sharded("policy")
+
+
+def test_another_methods_model_is_read_from_its_train_stage(trained, tmp_path):
+    lake = copy_run(trained, str(tmp_path / "lake"))
+    with pytest.raises(FileNotFoundError, match=f"run {RUN}: no model to evaluate for method 'dpo': stage "
+                                                "'train_dpo' has not finished"):
+        eval_shard.fn(EVAL, lake, RUN, eval_stage("dpo"), 0, SEED)
+    # pi_sft's weights stand in for a DPO model, committed as a training stage commits its model.
+    lk = Lake(lake)
+    lk.put_dir(policy_dir(lake, RUN), RUN, "train_dpo")
+    lk.commit(RUN, "train_dpo", None, metrics={"train_rows": 5})
+    dpo = evaluate_here(EVAL, lake, eval_stage("dpo"))
+    sft = evaluate_here(EVAL, lake)
+    assert {r.model for r in dpo} == {f"runs/{RUN}/train_dpo"} and {r.method for r in dpo} == {"dpo"}
+    by_problem = {r.problem_id: r for r in sft}
+    # Same weights and seed: the same completions, under ids that name the other model.
+    assert all(r.greedy_completion == by_problem[r.problem_id].greedy_completion for r in dpo)
+    assert all(r.sampled_predicted == by_problem[r.problem_id].sampled_predicted for r in dpo)
+    assert not {r.eval_id for r in dpo} & {r.eval_id for r in sft}
+
+    title, headers, rows = comparison(lk, RUN)
+    assert headers[:3] == ["method", "training rows", "problems"] and headers[4] == "maj@3"
+    n = str(len(STAGES) * PER_STAGE)
+    assert [row[:3] for row in rows] == [["sft", str(TINY["problems"]["n_train"]), n], ["dpo", "5", n]]
+    assert "test split" in title and tables(lk, RUN)[-1] == (title, headers, rows)
+
+
+def test_pass_at_1_and_maj_at_k_count_what_the_judge_said(trained, tmp_path, monkeypatch):
+    """A teacher that knows half of the problems answers those right when greedy and slips when sampling (a wrong
+    sample's answer is always gold + 1), and does not know the others: every count is known in advance."""
+    lake = copy_run(trained, str(tmp_path / "lake"))
+    problems = chosen(lake)
+    known = {p.problem_id for p in problems[::2]}
+    teacher = ScriptedTeacher({p.question: p.solution for p in problems if p.problem_id in known}, error_rate=0.3)
+    monkeypatch.setattr(evaluate, "load_engine", lambda *args: teacher)
+    cfg = EVAL.model_copy(update={"k": 4, "max_new_tokens": 400})
+    rows = evaluate_here(cfg, lake)
+    gold = {p.problem_id: p.answer for p in problems}
+    for r in rows:
+        assert r.greedy_correct == (r.problem_id in known)
+        assert r.greedy_reason == ("correct" if r.problem_id in known else "no_answer")
+        right = [a == gold[r.problem_id] for a in r.sampled_predicted]
+        assert r.n_sampled_correct == sum(right)
+        # two answers at most, gold and gold + 1: the majority is right with more right votes, or on a tie when
+        # the first sample was right
+        assert r.majority_correct == (2 * sum(right) > 4 or (2 * sum(right) == 4 and right[0]))
+    assert 0 < sum(r.n_sampled_correct for r in rows) < 4 * len(known)  # the teacher did slip, not always
+    metrics = Lake(lake).marker(RUN, SFT)["metrics"]
+    assert metrics["pass@1"] == approx(len(known) / len(problems), abs=1e-6)
+    assert metrics["maj@k"] == approx(sum(r.majority_correct for r in rows) / len(rows), abs=1e-6)
+    assert metrics["sampled_accuracy"] == approx(sum(r.n_sampled_correct for r in rows) / (4 * len(rows)), abs=1e-6)
+    assert metrics["by_stage"] == {
+        s: {"n": PER_STAGE, "pass@1": approx(sum(p.problem_id in known for p in problems if p.stage == s) / PER_STAGE,
+                                             abs=1e-6),
+            "maj@k": approx(sum(r.majority_correct for r in rows if r.stage == s) / PER_STAGE, abs=1e-6)}
+        for s in STAGES}
