@@ -44,8 +44,11 @@ def run(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None,
         run_id = cfg.run_id(date)
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="--date") from None
-    pipeline(config=cfg, date=date)
+    state = pipeline(config=cfg, date=date, return_state=True)
     print_tables(out, Lake(cfg.lake), run_id)
+    if not state.is_completed():
+        out.print(f"[red]run {run_id} {state.name}:[/] {state.message}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

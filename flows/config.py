@@ -13,10 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mathfactory.flows.fanout import RunnerConfig
 from mathfactory.tasks.core.records import stable_id
 from mathfactory.tasks.credit import CreditConfig
+from mathfactory.tasks.evaluate import EvalConfig
 from mathfactory.tasks.pairs import PairsConfig
 from mathfactory.tasks.policy import PolicyConfig
 from mathfactory.tasks.problems import ProblemsConfig
 from mathfactory.tasks.sample import SampleConfig
+from mathfactory.tasks.train import TrainConfig
 from mathfactory.tasks.verify import VerifyConfig
 
 PRESETS = Path(__file__).parent / "presets"
@@ -38,6 +40,8 @@ class FactoryConfig(BaseModel):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     credit: CreditConfig = Field(default_factory=CreditConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where shards of sharded stages run; "
                                  "like the lake, not part of a run's identity.")
 

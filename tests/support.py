@@ -6,3 +6,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRESET = REPO / "tests" / "tiny.yaml"  # every stage for real, in seconds
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def toy_training_sets(problems: list) -> tuple[list, list]:
+    """SFT rows (the reference solutions) and per-step pairs (reference vs the same solution with its first
+    result off by one, the pit at step 0) for toy problems: training sets with a signal, without a policy good
+    enough to sample them."""
+    import re
+
+    from mathfactory.tasks.core import format
+    from mathfactory.tasks.core.records import PreferencePair, SFTExample, stable_id
+
+    def wrong(solution: str) -> str:
+        first = re.search(r">>(\d+)", solution)
+        bad = str(int(first.group(1)) + 1)
+        return solution[: first.start(1)] + bad + solution[first.end(1):].split("\n", 1)[0] + f"\n#### {bad}"
+
+    sft = [SFTExample(stable_id(p.problem_id), "rft", p.problem_id, None, format.prompt(p.question),
+                      format.completion(p.solution)) for p in problems]
+    pairs = [PreferencePair(stable_id(p.problem_id, "pair"), "step_cut", p.problem_id, format.prompt(p.question),
+                            format.completion(p.solution), format.completion(wrong(p.solution)), None,
+                            stable_id(p.problem_id, "wrong"), 0) for p in problems]
+    return sft, pairs

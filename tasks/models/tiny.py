@@ -10,11 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback, set_seed
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainerCallback,
+    set_seed,
+)
+from trl import SFTTrainer
 
 if TYPE_CHECKING:
-    from trl import SFTTrainer
-
     from mathfactory.tasks.policy import PolicyConfig
 
 EOS = "<|endoftext|>"
@@ -102,6 +108,36 @@ class _StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self._t)
 
 
+def trl_defaults(out_dir: Path) -> dict[str, Any]:
+    """TRL/transformers arguments every training run here shares; recipes and trl_args override any of them."""
+    cpu = not torch.cuda.is_available()
+    return {
+        "output_dir": str(out_dir),
+        # Near-equal lengths per batch halve the padding; LengthBatchedSFT does it without transformers'
+        # longest-first sweep. {"train_sampling_strategy": "random"} pads random batches instead.
+        "train_sampling_strategy": "group_by_length",
+        "use_cpu": cpu,
+        "bf16": False if cpu else torch.cuda.is_bf16_supported(),  # TRL resolves bf16 to True even on a CPU
+        "fp16": False,
+        "activation_checkpointing": False,  # TRL turns checkpointing on; at this size it only costs time
+        "report_to": [],
+        "save_strategy": "no",  # the only checkpoint is the final save
+        "include_num_input_tokens_seen": "non_padding",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+class LengthBatchedSFT(SFTTrainer):
+    """TRL's SFTTrainer drawing batches from LengthBatches when train_sampling_strategy is group_by_length."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        ds = self.train_dataset if train_dataset is None else train_dataset
+        return LengthBatches([len(ids) for ids in ds["input_ids"]], self.args.train_batch_size, self.args.seed)
+
+
 def build_trainer(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -112,12 +148,12 @@ def build_trainer(
     """A TRL SFTTrainer over prompt/completion rows, loss on the completion only, set up for a CPU."""
     import datasets
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     if len(rows) < cfg.batch_size:
         raise ValueError(f"SFT needs at least one batch of {cfg.batch_size} rows, got {len(rows)} training rows")
     args = {
-        "output_dir": str(out_dir),
+        **trl_defaults(out_dir),
         "max_steps": cfg.max_steps,
         "per_device_train_batch_size": cfg.batch_size,
         "learning_rate": cfg.learning_rate,
@@ -126,35 +162,16 @@ def build_trainer(
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
         "data_seed": cfg.seed,
-        # Near-equal lengths per batch halve the padding; LengthBatches (below) does it without transformers'
-        # longest-first sweep. trl_args {"train_sampling_strategy": "random"} pads random batches instead.
-        "train_sampling_strategy": "group_by_length",
         "max_length": cfg.max_length,
         "completion_only_loss": True,
-        "use_cpu": True,
-        "bf16": False,  # TRL resolves it to True even on CPU
-        "fp16": False,
-        "activation_checkpointing": False,  # TRL turns (gradient_)checkpointing on; at this size it only costs time
-        "report_to": [],
-        "save_strategy": "no",  # the only checkpoint is the final save_pretrained in sft()
         "logging_steps": max(1, cfg.max_steps // 20),
-        "include_num_input_tokens_seen": "non_padding",
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
     }
-    class _LengthBatchedSFT(SFTTrainer):
-        def _get_train_sampler(self, train_dataset=None):
-            if self.args.train_sampling_strategy != "group_by_length":
-                return super()._get_train_sampler(train_dataset)
-            ds = self.train_dataset if train_dataset is None else train_dataset
-            return LengthBatches([len(ids) for ids in ds["input_ids"]], self.args.train_batch_size, self.args.seed)
-
     # trl_args are SFTConfig keywords passed through verbatim; they win over the defaults above.
     sft_config = SFTConfig(**{**args, **cfg.trl_args})
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # five progress bars for preprocessing a few thousand rows are noise
     try:
-        trainer = _LengthBatchedSFT(
+        trainer = LengthBatchedSFT(
             model=model,
             args=sft_config,
             train_dataset=datasets.Dataset.from_list(rows),
@@ -167,6 +184,33 @@ def build_trainer(
     return trainer
 
 
+def fit(trainer: Trainer, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> dict[str, Any]:
+    """Train, save model + tokenizer to `out_dir`, and return what every training marker records."""
+    started, timer = time.perf_counter(), _StepTimer()
+    trainer.add_callback(timer)
+    result = trainer.train()
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    history = trainer.state.log_history
+    losses = [e["loss"] for e in history if "loss" in e]
+    runtime = result.metrics["train_runtime"]
+    # SFT counts non-padding tokens in the trainer state; DPO logs its own `num_tokens`.
+    tokens = trainer.state.num_input_tokens_seen or max((e.get("num_tokens", 0) for e in history), default=0)
+    return {
+        "params": sum(p.numel() for p in trainer.model.parameters()),
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+        "losses": losses,
+        "train_tokens": int(tokens),
+        "train_tokens_per_s": tokens / runtime,
+        "wall_s": time.perf_counter() - started,
+        "train_s": runtime,
+        "median_step_s": statistics.median(timer.seconds),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def sft(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -175,32 +219,12 @@ def sft(
     out_dir: Path,
 ) -> dict[str, Any]:
     """SFT on prompt/completion rows (loss on the completion only); saves model + tokenizer to `out_dir`."""
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    trainer = build_trainer(model, tokenizer, rows, cfg, out_dir)
+    trainer = build_trainer(model, tokenizer, rows, cfg, Path(out_dir))
     # TRL truncates silently; a truncated row loses its answer and EOS, so count them for the caller.
     lengths = [len(tokenizer(r["prompt"] + r["completion"]).input_ids) for r in rows]
-    timer = _StepTimer()
-    trainer.add_callback(timer)
-    result = trainer.train()
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    runtime = result.metrics["train_runtime"]
-    tokens = trainer.state.num_input_tokens_seen
     return {
-        "params": sum(p.numel() for p in model.parameters()),
         "train_rows": len(rows),
         "truncated_rows": sum(n > cfg.max_length for n in lengths),
         "max_row_tokens": max(lengths),
-        "steps": trainer.state.global_step,
-        "first_loss": losses[0],
-        "final_loss": losses[-1],
-        "losses": losses,
-        "train_tokens": tokens,
-        "train_tokens_per_s": tokens / runtime,
-        "wall_s": time.perf_counter() - started,
-        "train_s": runtime,
-        "median_step_s": statistics.median(timer.seconds),
-        "threads": torch.get_num_threads(),
+        **fit(trainer, tokenizer, Path(out_dir)),
     }

@@ -2,16 +2,18 @@
 driven through the `mathfactory` CLI as a user would."""
 
 import json
+import re
+import shutil
 
 import pytest
 from prefect.artifacts import Artifact
-from support import TINY_PRESET
+from support import TINY_PRESET, toy_training_sets
 from typer.testing import CliRunner
 
 from mathfactory.flows.cli import app
 from mathfactory.flows.config import load_preset
 from mathfactory.flows.pipeline import pipeline
-from mathfactory.tasks.core.records import REASONS, Rollout, Verdict
+from mathfactory.tasks.core.records import REASONS, PreferencePair, Problem, Rollout, SFTExample, Verdict
 from mathfactory.tasks.pairs import DATASETS
 from mathfactory.tasks.storage import Lake
 
@@ -31,7 +33,7 @@ def test_every_stage_lands_with_consistent_rows(run):
     cfg, output = run
     lake, run_id = Lake(cfg.lake), cfg.run_id()
     stages = lake.stages(run_id)
-    assert set(stages) == {"problems", "policy", "rollouts", "verdicts", "credit", *DATASETS}
+    assert set(stages) == {"problems", "policy", "rollouts", "verdicts", "credit", *DATASETS, "eval_sft"}
     assert stages["problems"]["rows"] == 96 + 16
     assert stages["rollouts"]["rows"] == stages["verdicts"]["rows"] == 2 * 2 * 6
     rollouts = list(lake.read(run_id, "rollouts", Rollout))
@@ -91,3 +93,39 @@ def test_seed_files_and_a_pretrained_policy(run, tmp_path):
     assert stages["problems"]["rows"] == 5 and stages["problems"]["quarantined"] == 1
     assert stages["policy"]["metrics"]["pretrained"] == str(trained)
     assert stages["verdicts"]["rows"] == 5 * nightly.sample.n  # only the train split exists
+
+
+METHODS = ["rft", "af_rft", "dpo", "step_dpo", "edit_dpo"]
+
+
+def test_every_method_is_trained_evaluated_and_compared_and_a_failed_one_named(run):
+    """The tiny run's data with toy training sets in place of its empty ones (a 4-step policy solves nothing),
+    except dpo_edit: edit_dpo fails on its empty set, the other methods still train and are evaluated."""
+    cfg, _ = run
+    sets = [f"train.methods={json.dumps(METHODS)}", *(f"train.trl_args.{m}.max_steps=2" for m in METHODS)]
+    full = load_preset(str(TINY_PRESET), [f"lake={cfg.lake}", *sets])
+    lake, src, run_id = Lake(cfg.lake), cfg.run_id(), full.run_id()
+    for stage in ("problems", "policy", "rollouts", "verdicts", "credit", *DATASETS):
+        shutil.copytree(f"{lake.root}/runs/{src}/{stage}", f"{lake.root}/runs/{run_id}/{stage}")
+    sft, pairs = toy_training_sets([p for p in lake.read(run_id, "problems", Problem) if p.split == "train"])
+    for name, cls, rows in (("rft", SFTExample, sft), ("rft_advantage", SFTExample, sft[:40]),
+                            ("dpo_outcome", PreferencePair, pairs), ("dpo_step_cut", PreferencePair, pairs)):
+        shutil.rmtree(f"{lake.root}/runs/{run_id}/{name}")
+        lake.write_part(run_id, name, 0, cls, rows)
+        lake.commit(run_id, name, cls)
+
+    result = cli.invoke(app, ["run", "--preset", str(TINY_PRESET), "--lake", cfg.lake,
+                              *(a for s in sets for a in ("--set", s))])
+    assert result.exit_code == 1, result.output
+    assert "training failed for edit_dpo" in result.output and "dpo_edit has 0 rows" in result.output
+    stages = lake.stages(run_id)
+    trained = [m for m in METHODS if m != "edit_dpo"]
+    assert {f"train_{m}" for m in trained} <= set(stages) and "train_edit_dpo" not in stages
+    assert {f"eval_{m}" for m in ["sft", *trained]} <= set(stages)
+    assert all(stages[f"train_{m}"]["metrics"]["steps"] == 2 for m in trained)
+    assert stages["train_af_rft"]["metrics"]["train_rows"] == 40
+    for m in ["sft", *trained]:
+        assert stages[f"eval_{m}"]["rows"] == 2 * 4  # 4 test problems per education stage
+        assert re.search(rf"\b{m}\b.*%", result.output), f"no {m} row in the comparison table"
+    listed = cli.invoke(app, ["ls", "--lake", cfg.lake])
+    assert "train_step_dpo" in listed.output and "eval_step_dpo" in listed.output

@@ -1,0 +1,142 @@
+"""The one training entry point, run in a process of its own: `python -m mathfactory.tasks.trainer SPEC.json`.
+
+A spec says which TRL trainer runs (`policy`: tokenizer + from-scratch SFT of pi_sft; `sft`: SFTTrainer from a
+model; `dpo`: DPOTrainer from a model, which is also the reference), on which rows (a local JSONL file), with which
+TRL arguments, into which directory. The process saves model + tokenizer there and writes metrics.json. Apart from
+the flow, an OOM or a crash fails the training task and not the flow, GPU memory is returned when it exits, and
+`accelerate launch` can run it on several GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+METRICS = "metrics.json"
+TRAINERS = ("policy", "sft", "dpo")
+# What a model directory must hold before a trainer may start from it.
+MODEL_FILES = {"config.json": ("config.json",), "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
+               "weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")}
+
+
+class TrainingError(RuntimeError):
+    """The trainer process failed; the message says how and ends with its last lines of output."""
+
+
+@dataclass
+class Spec:
+    trainer: Literal["policy", "sft", "dpo"]
+    rows: str  # JSONL: Problem rows (policy), prompt/completion (sft) or prompt/chosen/rejected (dpo)
+    out_dir: str
+    dataset: str  # the rows' name in messages, e.g. runs/toy-1234/rft
+    init: str | None = None  # the model directory to start from; None for `policy`
+    args: dict[str, Any] = field(default_factory=dict)  # TRL config kwargs; PolicyConfig fields for `policy`
+
+
+def check_model_dir(path: str | Path) -> None:
+    """Refuse a model directory that is missing files, before any training starts."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"model directory {path} does not exist")
+    missing = [what for what, names in MODEL_FILES.items() if not any((path / n).is_file() for n in names)]
+    if missing:
+        raise ValueError(f"model directory {path} is missing {', '.join(missing)} "
+                         f"(expected one of {', '.join(n for what in missing for n in MODEL_FILES[what])})")
+
+
+def command(spec_path: Path, num_processes: int = 1) -> list[str]:
+    """This module as a process: plain Python on one device, `accelerate launch` over several GPUs."""
+    if num_processes > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+                "-m", __name__, str(spec_path)]
+    return [sys.executable, "-m", __name__, str(spec_path)]
+
+
+def launch(spec: Spec, num_processes: int = 1, tail: int = 25) -> dict[str, Any]:
+    """Run `spec` in a child process and return its metrics; a failure raises TrainingError with its last lines."""
+    if spec.init is not None:
+        check_model_dir(spec.init)
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out.parent / f"{out.name}.spec.json"
+    spec_path.write_text(json.dumps(asdict(spec)))
+    cmd = command(spec_path, num_processes)
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        how = (f"was killed by signal {-done.returncode}" + (" (out of memory?)" if done.returncode == -9 else "")
+               if done.returncode < 0 else f"exited with status {done.returncode}")
+        lines = (done.stdout + done.stderr).strip().splitlines()[-tail:]
+        raise TrainingError(f"{spec.trainer} trainer on {spec.dataset} {how}: {shlex.join(cmd)}\n" + "\n".join(lines))
+    return json.loads((out / METRICS).read_text())
+
+
+def _rows(spec: Spec) -> list[dict[str, Any]]:
+    with open(spec.rows, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _check_batch(spec: Spec, rows: list, batch_size: int) -> None:
+    if len(rows) < batch_size:
+        raise ValueError(f"dataset {spec.dataset} has {len(rows)} rows, fewer than one batch ({batch_size}): "
+                         "too few to train on")
+
+
+def train(spec: Spec) -> dict[str, Any]:
+    """The training itself, in this process (the child's body; tests may call it directly)."""
+    import datasets
+
+    from mathfactory.tasks.models import tiny
+
+    rows, out = _rows(spec), Path(spec.out_dir)
+    if spec.trainer == "policy":
+        from mathfactory.tasks.core.records import Problem
+        from mathfactory.tasks.policy import PolicyConfig, train_policy
+
+        return train_policy(PolicyConfig.model_validate(spec.args), [Problem(**r) for r in rows], out)
+    if spec.trainer not in TRAINERS:
+        raise ValueError(f"unknown trainer {spec.trainer!r}; valid: {', '.join(TRAINERS)}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from trl import DPOConfig, DPOTrainer, SFTConfig
+
+    check_model_dir(spec.init)
+    model = AutoModelForCausalLM.from_pretrained(spec.init)
+    tokenizer = AutoTokenizer.from_pretrained(spec.init)
+    datasets.disable_progress_bars()
+    data = datasets.Dataset.from_list(rows)
+    if spec.trainer == "sft":
+        args = SFTConfig(**{**tiny.trl_defaults(out), **spec.args})
+        _check_batch(spec, rows, args.per_device_train_batch_size * args.gradient_accumulation_steps)
+        trainer = tiny.LengthBatchedSFT(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    else:
+        # DPO batches hold chosen and rejected sides: random batches (the length sampler reads `input_ids`).
+        args = DPOConfig(**{**tiny.trl_defaults(out), "train_sampling_strategy": "random", **spec.args})
+        _check_batch(spec, rows, args.per_device_train_batch_size * args.gradient_accumulation_steps)
+        # No ref_model: the starting model is the reference, and with precompute_ref_log_probs its log-probs are
+        # computed once, before the first step.
+        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    metrics = {"train_rows": len(rows), **tiny.fit(trainer, tokenizer, out)}
+    history = trainer.state.log_history
+    for key in ("rewards/margins", "rewards/accuracies"):  # DPO: how far chosen pulls ahead of rejected, per log
+        if any(key in e for e in history):
+            metrics[key.replace("/", "_")] = [e[key] for e in history if key in e]
+    return metrics
+
+
+def main(argv: list[str]) -> None:
+    (spec_path,) = argv
+    spec = Spec(**json.loads(Path(spec_path).read_text()))
+    metrics = train(spec)
+    if int(os.environ.get("RANK", "0")) == 0:
+        (Path(spec.out_dir) / METRICS).write_text(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
