@@ -57,8 +57,8 @@ def tables(lake: Lake, run_id: str) -> Tables:
 
 
 def _with_ci(rate: float | None, ci: list[float] | None) -> str:
-    """0.233, [0.161, 0.324] -> "23.3% [16.1, 32.4]"."""
-    return "-" if rate is None or ci is None else f"{rate:.1%} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    """0.233, [0.161, 0.324] -> "23.3% (16-32)"."""
+    return "-" if rate is None or ci is None else f"{rate:.1%} ({100 * ci[0]:.0f}-{100 * ci[1]:.0f})"
 
 
 def comparison(lake: Lake, run_id: str) -> tuple[str, list[str], list[list[str]]]:
@@ -80,11 +80,12 @@ def _comparison(stages: dict[str, dict]) -> tuple[str, list[str], list[list[str]
             method, "-" if train_rows is None else str(train_rows), str(e.get("n")),
             _with_ci(e.get("pass@1"), e.get("pass@1_ci")),
             _with_ci(e.get("maj@k"), e.get("maj@k_ci")) + ("" if len(ks) == 1 else f" (k={e.get('k')})"),
-            " / ".join(f"{100 * g['pass@1']:.0f}" for _, g in by_stage if g.get("pass@1") is not None) or "-",
+            "/".join(f"{100 * g['pass@1']:.0f}" for _, g in by_stage if g.get("pass@1") is not None) or "-",
         ])
     splits = sorted({str(evals[m].get("split")) for m in methods})
-    return (f"models on the {'/'.join(splits)} split: greedy pass@1, {maj} of samples (95% Wilson intervals)",
-            ["method", "training rows", "problems", "pass@1", maj, "pass@1 % by stage, easiest first"], rows)
+    return (f"models on the {'/'.join(splits)} split: greedy pass@1, {maj} of samples (95% Wilson intervals); "
+            "by stage: pass@1 % from the easiest stage up",
+            ["method", "trained on", "problems", "pass@1", maj, "by stage"], rows)
 
 
 def render_credit(rollout: Rollout, steps: list[Step], rows: list[StepCredit]) -> str:

@@ -46,15 +46,15 @@ def test_comparison_has_one_row_per_evaluated_method_in_a_fixed_order(tmp_path):
         evaluated(lake, method, passed, voted)
     lake.commit("r", "train_step_dpo", None, metrics={"train_rows": 40})  # trained, not evaluated: no row
     title, headers, rows = comparison(lake, "r")
-    assert headers == ["method", "training rows", "problems", "pass@1", "maj@4", "pass@1 % by stage, easiest first"]
+    assert headers == ["method", "trained on", "problems", "pass@1", "maj@4", "by stage"]
     assert rows == [
-        ["sft", "4000", "30", "23.3% [11.8, 40.9]", "30.0% [16.7, 47.9]", "40 / 12"],
-        ["rft", "-", "30", "26.7% [14.2, 44.4]", "26.7% [14.2, 44.4]", "40 / 12"],
-        ["dpo", "119", "30", "30.0% [16.7, 47.9]", "33.3% [19.2, 51.2]", "40 / 12"],
+        ["sft", "4000", "30", "23.3% (12-41)", "30.0% (17-48)", "40/12"],
+        ["rft", "-", "30", "26.7% (14-44)", "26.7% (14-44)", "40/12"],
+        ["dpo", "119", "30", "30.0% (17-48)", "33.3% (19-51)", "40/12"],
     ]
     assert "test split" in title and "maj@4" in title
     assert tables(lake, "r")[-1] == (title, headers, rows)
-    assert "| sft | 4000 | 30 | 23.3% [11.8, 40.9] |" in markdown(lake, "r")
+    assert "| sft | 4000 | 30 | 23.3% (12-41) |" in markdown(lake, "r")
 
 
 def test_no_evaluation_no_comparison(tmp_path):
