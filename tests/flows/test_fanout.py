@@ -144,8 +144,8 @@ def test_ray_runner_gives_the_local_runners_rows(prefect_api, tiny, lake_path, l
     worker_logs = "".join(p.read_text(errors="replace") for p in temp.glob("session_*/logs/worker-*"))
     assert all(worker_logs.count(f"{kind}-shard") >= 2 for kind in ("sample", "verify", "credit"))
     shards = shard_task_runs("-ray")
-    assert sorted(t.name.rsplit("-", 1)[0] for t in shards) == ["credit-shard"] * 2 + ["sample-shard"] * 2 + [
-        "verify-shard"] * 2
+    assert sorted(t.name.rsplit("-", 1)[0] for t in shards) == ["credit-shard"] * 2 + ["eval_sft-shard"] * 2 + [
+        "sample-shard"] * 2 + ["verify-shard"] * 2
     assert all(t.state.is_completed() for t in shards)
 
     # Finished stages start no workers: a rerun pointed at a Ray address nobody serves still completes.
@@ -263,14 +263,15 @@ def test_deployment_runner_gives_the_local_runners_rows(tiny, lake_path, local_r
     lake = str(lake_path)  # where the run was made, before it was moved aside
     expected = {idempotency_key(shard_parameters(stage, cfg.model_dump(mode="json"), lake, tiny.run_id(), s,
                                                  tiny.seed))
-                for stage, cfg in (("rollouts", tiny.sample), ("verdicts", tiny.verify), ("credit", tiny.credit))
+                for stage, cfg in (("rollouts", tiny.sample), ("verdicts", tiny.verify), ("credit", tiny.credit),
+                                   ("eval_sft", tiny.evaluate))
                 for s in range(2)}
     runs = shard_flow_runs()
     assert {r.idempotency_key for r in runs} == expected
     assert all(r.state.is_completed() and r.parent_task_run_id and "gpu" in r.tags for r in runs)
     with get_client(sync_client=True) as client:  # the deployment's gpu tag reached the shard tasks
         shard_tasks = [t for r in runs for t in client.read_task_runs(flow_run_filter=by_id(r.id))]
-    assert len(shard_tasks) == 6 and all("gpu" in t.tags for t in shard_tasks)
+    assert len(shard_tasks) == len(expected) and all("gpu" in t.tags for t in shard_tasks)
 
 
 def stage_metrics(lake_path: Path, kind: str, run_id: str) -> dict:

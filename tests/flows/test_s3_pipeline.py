@@ -27,7 +27,7 @@ TINY_PRESET = Path(__file__).resolve().parents[1] / "tiny.yaml"
 BUCKET = "mathfactory-lake"  # the bucket infra/k8s/minio.yaml creates
 KEY_ID = "AKIAMATHFACTORYTEST"
 SECRET_KEY = f"s3cr3t-{uuid.uuid4().hex}"  # unique, so finding it anywhere means it leaked
-STAGES = ["problems", "policy", "rollouts", "verdicts", "credit", *DATASETS]
+STAGES = ["problems", "policy", "rollouts", "verdicts", "credit", *DATASETS, "eval_sft"]
 
 
 class Capture(logging.Handler):
