@@ -192,7 +192,7 @@ def test_another_methods_model_is_read_from_its_train_stage(trained, tmp_path):
     assert not {r.eval_id for r in dpo} & {r.eval_id for r in sft}
 
     title, headers, rows = comparison(lk, RUN)
-    assert headers[:3] == ["method", "training rows", "problems"] and headers[4] == "maj@3"
+    assert headers[:3] == ["method", "trained on", "problems"] and headers[4] == "maj@3"
     n = str(len(STAGES) * PER_STAGE)
     assert [row[:3] for row in rows] == [["sft", str(TINY["problems"]["n_train"]), n], ["dpo", "5", n]]
     assert "test split" in title and tables(lk, RUN)[-1] == (title, headers, rows)
