@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -17,7 +16,7 @@ from mathfactory.tasks.core import format
 from mathfactory.tasks.core.records import Problem
 from mathfactory.tasks.stage import Stage
 from mathfactory.tasks.storage import Lake, fetch_dir
-from mathfactory.tasks.trainer import Spec, launch
+from mathfactory.tasks.trainer import Spec, launch, write_rows
 
 STAGE = "policy"
 
@@ -87,9 +86,8 @@ def fit_policy(cfg: PolicyConfig, lake: str, run_id: str) -> str:
     problems = [p for p in st.lake.read(run_id, "problems", Problem) if p.split == "train"]
     with tempfile.TemporaryDirectory(prefix="mathfactory-policy-") as tmp:
         # The one training entry point, in its own process like every trainer (tasks/trainer.py).
-        data = Path(tmp) / "problems.jsonl"
-        data.write_text("".join(json.dumps(asdict(p)) + "\n" for p in problems))
-        spec = Spec("policy", str(data), str(Path(tmp) / "model"), st.lake.uri(run_id, "problems"),
+        data = write_rows(Path(tmp) / "problems.jsonl", (asdict(p) for p in problems))
+        spec = Spec("policy", data, str(Path(tmp) / "model"), st.lake.uri(run_id, "problems"),
                     args=cfg.model_dump(mode="json"))
         metrics = launch(spec)
         st.lake.put_dir(spec.out_dir, run_id, STAGE)

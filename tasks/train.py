@@ -10,7 +10,6 @@ DPO-family methods start from pi_sft, which is also their reference.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict
 from functools import cache
@@ -26,7 +25,7 @@ from mathfactory.tasks.pairs import DATASETS
 from mathfactory.tasks.policy import policy_dir, policy_ref
 from mathfactory.tasks.stage import Stage
 from mathfactory.tasks.storage import fetch_dir
-from mathfactory.tasks.trainer import Spec, launch
+from mathfactory.tasks.trainer import Spec, check_size, launch, write_rows
 
 STAGE_PREFIX = "train_"
 RECIPES = Path(__file__).parent / "recipes"
@@ -84,12 +83,6 @@ def trl_args(cfg: TrainConfig, method: str, seed: int) -> dict[str, Any]:
     return {**recipe(TRAINER[method]), "seed": seed, "data_seed": seed, **cfg.trl_args.get(method, {})}
 
 
-def _check_size(dataset: str, rows: int, args: dict[str, Any], processes: int) -> None:
-    batch = args.get("per_device_train_batch_size", 8) * args.get("gradient_accumulation_steps", 1) * processes
-    if rows < batch:
-        raise ValueError(f"dataset {dataset} has {rows} rows, fewer than one batch of {batch}: too few to train on")
-
-
 @task(name="train", task_run_name="train-{method}", cache_policy=NO_CACHE)
 def train_model(cfg: TrainConfig, method: str, lake: str, run_id: str, seed: int) -> str:
     """Stage `train_{method}`: the method's dataset(s) -> a model directory in the lake, with its metrics."""
@@ -101,13 +94,14 @@ def train_model(cfg: TrainConfig, method: str, lake: str, run_id: str, seed: int
     names = datasets_for(cfg, method)
     rows = [asdict(r) for ds in names for r in st.lake.read(run_id, ds, DATASETS[ds])]
     uris = [st.lake.uri(run_id, ds) for ds in names]
-    _check_size(" + ".join(uris), len(rows), args, cfg.num_processes)
+    # Checked here too, so a set that is too small fails before a process starts (TRL's default batch is 8).
+    check_size(" + ".join(uris), len(rows), args.get("per_device_train_batch_size", 8)
+               * args.get("gradient_accumulation_steps", 1) * cfg.num_processes)
     from_base = TRAINER[method] == "sft" and cfg.base
     init = fetch_dir(cfg.base) if from_base else policy_dir(lake, run_id)
     with tempfile.TemporaryDirectory(prefix=f"mathfactory-{name}-") as tmp:
-        data = Path(tmp) / "rows.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        spec = Spec(TRAINER[method], str(data), str(Path(tmp) / "model"), " + ".join(uris), str(init), args)
+        data = write_rows(Path(tmp) / "rows.jsonl", rows)
+        spec = Spec(TRAINER[method], data, str(Path(tmp) / "model"), " + ".join(uris), str(init), args)
         metrics = launch(spec, cfg.num_processes)
         st.lake.put_dir(spec.out_dir, run_id, name)
     return st.commit(method=method, datasets=uris, init=cfg.base if from_base else policy_ref(lake, run_id),

@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -82,10 +83,16 @@ def _rows(spec: Spec) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _check_batch(spec: Spec, rows: list, batch_size: int) -> None:
-    if len(rows) < batch_size:
-        raise ValueError(f"dataset {spec.dataset} has {len(rows)} rows, fewer than one batch ({batch_size}): "
-                         "too few to train on")
+def check_size(dataset: str, rows: int, batch: int) -> None:
+    """A training set smaller than one batch is refused, naming it and its row count."""
+    if rows < batch:
+        raise ValueError(f"dataset {dataset} has {rows} rows, fewer than one batch of {batch}: too few to train on")
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> str:
+    """The JSONL file a Spec's `rows` names."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
 
 
 def train(spec: Spec) -> dict[str, Any]:
@@ -112,12 +119,12 @@ def train(spec: Spec) -> dict[str, Any]:
     data = datasets.Dataset.from_list(rows)
     if spec.trainer == "sft":
         args = SFTConfig(**{**tiny.trl_defaults(out), **spec.args})
-        _check_batch(spec, rows, args.per_device_train_batch_size * args.gradient_accumulation_steps)
+        check_size(spec.dataset, len(rows), args.per_device_train_batch_size * args.gradient_accumulation_steps)
         trainer = tiny.LengthBatchedSFT(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     else:
         # DPO batches hold chosen and rejected sides: random batches (the length sampler reads `input_ids`).
         args = DPOConfig(**{**tiny.trl_defaults(out), "train_sampling_strategy": "random", **spec.args})
-        _check_batch(spec, rows, args.per_device_train_batch_size * args.gradient_accumulation_steps)
+        check_size(spec.dataset, len(rows), args.per_device_train_batch_size * args.gradient_accumulation_steps)
         # No ref_model: the starting model is the reference, and with precompute_ref_log_probs its log-probs are
         # computed once, before the first step.
         trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
