@@ -18,6 +18,7 @@ from mathfactory.tasks.pairs import PairsConfig
 from mathfactory.tasks.policy import PolicyConfig
 from mathfactory.tasks.problems import ProblemsConfig
 from mathfactory.tasks.sample import SampleConfig
+from mathfactory.tasks.synthesis import SynthesisConfig
 from mathfactory.tasks.train import TrainConfig
 from mathfactory.tasks.verify import VerifyConfig
 
@@ -35,6 +36,8 @@ class FactoryConfig(BaseModel):
     lake: str = Field("./lake", description="Where datasets land: a path or fsspec URL. Not part of a run's identity.")
     seed: int = Field(0, description="Root seed; dated runs derive theirs from it and the date.")
     problems: ProblemsConfig = Field(default_factory=ProblemsConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig, description="How problems are written "
+                                       "when problems.source=synthesizer.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
@@ -46,8 +49,10 @@ class FactoryConfig(BaseModel):
                                  "like the lake, not part of a run's identity.")
 
     def config_hash(self) -> str:
-        """Hash of everything that decides the data (the lake's location and where shards run do not)."""
-        identity = self.model_dump(mode="json", exclude={"lake", "runner"})
+        """Hash of everything that decides the data (the lake's location, where shards run, and the synthesis
+        settings of a run that does not synthesize do not)."""
+        unused = {"synthesis"} if self.problems.source != "synthesizer" else set()
+        identity = self.model_dump(mode="json", exclude={"lake", "runner", *unused})
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
 
     def run_id(self, date: str | None = None) -> str:

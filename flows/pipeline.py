@@ -1,4 +1,4 @@
-"""The pipeline flow: FactoryConfig -> problems -> policy (pi_sft) -> rollouts -> verdicts -> credit -> pairs ->
+"""The pipeline flow: FactoryConfig -> (synthesis ->) problems -> policy (pi_sft) -> rollouts -> verdicts -> credit -> pairs ->
 a model per training method -> every model evaluated the same way. Composition only."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from mathfactory.flows.config import FactoryConfig
 from mathfactory.flows.fanout import run_sharded
 from mathfactory.flows.report import publish
+from mathfactory.flows.synthesis import synthesis
 from mathfactory.tasks.credit import STAGE as CREDIT
 from mathfactory.tasks.credit import commit_credit
 from mathfactory.tasks.evaluate import commit_eval, eval_stage
@@ -37,6 +38,8 @@ def pipeline(config: FactoryConfig | None = None, date: str | None = None) -> di
     log.info("run %s in %s", run_id, lake)
     uris: dict[str, str] = {}
 
+    if config.problems.source == "synthesizer":
+        uris.update(synthesis(config.synthesis, lake, run_id, seed, config.runner))
     uris["problems"] = make_problems(config.problems, lake, run_id, seed)
     uris["policy"] = fit_policy(config.policy, lake, run_id)
 

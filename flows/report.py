@@ -33,6 +33,8 @@ def tables(lake: Lake, run_id: str) -> Tables:
          str(m.get("quarantined", 0)), str(m.get("seconds")), lake.uri(run_id, name)]
         for name, m in stages.items()
     ])]
+    if "synth_problems" in stages:
+        out += synthesis_tables(stages)
     if "verdicts" in stages:
         v = stages["verdicts"]["metrics"]
         out.append(("verdicts by reason", ["reason", "rollouts"], [[r, str(k)] for r, k in v["reasons"].items()]))
@@ -54,6 +56,48 @@ def tables(lake: Lake, run_id: str) -> Tables:
     if any(name.startswith(EVAL_PREFIX) for name in stages):
         out.append(_comparison(stages))
     return out
+
+
+def synthesis_tables(stages: dict[str, dict]) -> Tables:
+    """What each quality gate dropped, which seed texts influence chose, and what the synthesis path cost."""
+    g = stages["synth_problems"]["metrics"]
+    left, rows = g["written"], []
+    for gate, dropped in g["dropped"].items():
+        rows.append([gate, str(left), str(dropped), f"{1 - dropped / left:.0%}" if left else "-"])
+        left -= dropped
+    out: Tables = [(f"quality gates: {g['kept']} of {g['written']} synthesized problems kept",
+                    ["gate", "in", "dropped", "survived"], rows)]
+    if "influence" in stages:
+        inf = stages["influence"]["metrics"]
+        out.append((f"seed texts by gradient influence: {inf['selected']} selected for round 2",
+                    ["kind", "mean score", "selected"],
+                    [[k, f"{v:+.3f}", str(inf["selected_by_kind"].get(k, 0))]
+                     for k, v in inf["mean_score_by_kind"].items()]))
+    out.append(("cost", ["what", "teacher calls", "cached", "failed", "prompt tokens", "completion tokens"],
+                [cost_row(name, stages[stage]["metrics"], "")
+                 for name, stage in (("distillation round 1", "kd_round1"), ("distillation round 2", "kd_round2"))
+                 if stage in stages] + ([cost_row("solvable gate", g, "solve_")] if "solve_requests" in g else [])))
+    return out
+
+
+def cost_row(name: str, m: dict, prefix: str) -> list[str]:
+    return [name] + [f"{m.get(prefix + k, 0):,}" for k in ("teacher_calls", "cached", "failed", "prompt_tokens",
+                                                          "completion_tokens")]
+
+
+def cost_line(stages: dict[str, dict]) -> str | None:
+    """The run's synthesis bill in one line, the way JiuZhang3.0 reports "9.3k GPT-4 calls"."""
+    kd = [stages[s]["metrics"] for s in ("kd_round1", "kd_round2") if s in stages]
+    if not kd or "synth_outputs" not in stages:
+        return None
+    g = stages.get("synth_problems", {}).get("metrics", {})
+    calls = sum(m["teacher_calls"] for m in kd) + g.get("solve_teacher_calls", 0)
+    tokens = sum(m["prompt_tokens"] + m["completion_tokens"] for m in kd) + g.get("solve_prompt_tokens", 0) \
+        + g.get("solve_completion_tokens", 0)
+    out = stages["synth_outputs"]
+    return (f"cost: {calls:,} teacher calls ({tokens:,} tokens, {sum(m['cached'] for m in kd):,} answered from "
+            f"cache) taught a synthesizer that wrote {out['rows']:,} problems ({out['metrics'].get('tokens', 0):,} "
+            f"tokens); {g.get('kept', 0):,} passed the gates")
 
 
 def _with_ci(rate: float | None, ci: list[float] | None) -> str:
@@ -110,6 +154,9 @@ def print_tables(console: Console, lake: Lake, run_id: str) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    line = cost_line(lake.stages(run_id))
+    if line:
+        console.print(line, highlight=False)
 
 
 def markdown(lake: Lake, run_id: str) -> str:
@@ -118,7 +165,8 @@ def markdown(lake: Lake, run_id: str) -> str:
         lines = [f"### {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
         parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    line = cost_line(lake.stages(run_id))
+    return "\n\n".join(parts + ([line] if line else [])) + "\n"
 
 
 def publish(lake: Lake, run_id: str) -> str:

@@ -11,12 +11,16 @@ from mathfactory.tasks.credit import STAGE as CREDIT
 from mathfactory.tasks.credit import CreditConfig, credit_shard
 from mathfactory.tasks.evaluate import METHODS, EvalConfig, eval_shard, method_of
 from mathfactory.tasks.evaluate import STAGE_PREFIX as EVAL_PREFIX
+from mathfactory.tasks.influence import FEATURES, features_shard
 from mathfactory.tasks.sample import STAGE as ROLLOUTS
 from mathfactory.tasks.sample import SampleConfig, sample_shard
+from mathfactory.tasks.synthesis import SynthesisConfig
+from mathfactory.tasks.synthesize import STAGE as OUTPUTS
+from mathfactory.tasks.synthesize import synthesize_shard
 from mathfactory.tasks.verify import STAGE as VERDICTS
 from mathfactory.tasks.verify import VerifyConfig, verify_shard
 
-SHARDED = (ROLLOUTS, VERDICTS, CREDIT)  # plus one `eval_{method}` stage per evaluated method
+SHARDED = (ROLLOUTS, VERDICTS, CREDIT, FEATURES, OUTPUTS)  # plus one `eval_{method}` stage per evaluated method
 
 
 def is_sharded(stage: str) -> bool:
@@ -34,14 +38,19 @@ def shard_call(stage: str, config: dict, lake: str, run_id: str, shard: int, see
         return verify_shard, (VerifyConfig.model_validate(config), lake, run_id, shard)
     if stage == CREDIT:
         return credit_shard, (CreditConfig.model_validate(config), lake, run_id, shard, seed)
+    if stage in (FEATURES, OUTPUTS):  # the synthesis stages take the synthesis config whole
+        cfg = SynthesisConfig.model_validate(config)
+        if stage == FEATURES:
+            return features_shard, (cfg.influence, cfg.teacher.templates, lake, run_id, shard, seed)
+        return synthesize_shard, (cfg.generate, cfg.teacher.templates, lake, run_id, shard, seed)
     raise ValueError(f"stage {stage!r} is not sharded; sharded stages: {', '.join(SHARDED)}, {EVAL_PREFIX}{{method}}")
 
 
 # The caller reads the shard's summary (rows, tokens, tallies) from this run's result, so it is persisted.
 @flow(name="mathfactory-shard", persist_result=True)
 def run_shard(stage: str, config: dict[str, Any], lake: str, run_id: str, shard: int, seed: int = 0) -> dict:
-    """Write one shard of a sharded stage (rollouts, verdicts, credit, eval_*) of run `run_id`; a written shard is
-    kept."""
+    """Write one shard of a sharded stage (rollouts, verdicts, credit, eval_*, grad_features, synth_outputs) of
+    run `run_id`; a written shard is kept."""
     task, args = shard_call(stage, config, lake, run_id, shard, seed)
     # Flow-run tags do not reach task runs by themselves; carried over, the deployment's `gpu` tag makes Prefect's
     # `gpu` tag concurrency limit count this shard.

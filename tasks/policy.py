@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +59,23 @@ def sft_rows(problems: Iterable[Problem]) -> list[dict[str, str]]:
     return [{"prompt": format.prompt(p.question), "completion": format.completion(p.solution)} for p in problems]
 
 
-def train_policy(cfg: PolicyConfig, problems: Iterable[Problem], out_dir: Path) -> dict[str, Any]:
-    """Train a tokenizer and a tiny Llama from scratch on `problems`; save both to `out_dir`; return metrics."""
-    from mathfactory.tasks.models import tiny  # torch/transformers load only when a policy is trained
+def train_scratch(cfg: PolicyConfig, rows: list[dict[str, str]], out_dir: Path) -> dict[str, Any]:
+    """Train a tokenizer and a tiny Llama from scratch on prompt/completion rows; save both to `out_dir`; return
+    metrics. The policy and the embedded default's synthesizer are both made this way."""
+    from mathfactory.tasks.models import tiny  # torch/transformers load only when a model is trained
 
-    rows = sft_rows(problems)
     if len(rows) < cfg.batch_size:
-        raise ValueError(f"policy SFT needs at least one batch of {cfg.batch_size} rows, got {len(rows)} "
+        raise ValueError(f"SFT from scratch needs at least one batch of {cfg.batch_size} rows, got {len(rows)} "
                          "training rows")
     tokenizer = tiny.train_tokenizer((r["prompt"] + r["completion"] for r in rows), cfg.vocab_size)
     model = tiny.init_model(tokenizer, cfg)
     metrics = tiny.sft(model, tokenizer, rows, cfg, Path(out_dir))
     return {**metrics, "vocab": len(tokenizer)}
+
+
+def train_policy(cfg: PolicyConfig, problems: Iterable[Problem], out_dir: Path) -> dict[str, Any]:
+    """pi_sft: SFT from scratch on the problems' reference solutions."""
+    return train_scratch(cfg, sft_rows(problems), out_dir)
 
 
 @task(name="policy", cache_policy=NO_CACHE, retries=1)
@@ -86,8 +90,8 @@ def fit_policy(cfg: PolicyConfig, lake: str, run_id: str) -> str:
     problems = [p for p in st.lake.read(run_id, "problems", Problem) if p.split == "train"]
     with tempfile.TemporaryDirectory(prefix="mathfactory-policy-") as tmp:
         # The one training entry point, in its own process like every trainer (tasks/trainer.py).
-        data = write_rows(Path(tmp) / "problems.jsonl", (asdict(p) for p in problems))
-        spec = Spec("policy", data, str(Path(tmp) / "model"), st.lake.uri(run_id, "problems"),
+        data = write_rows(Path(tmp) / "problems.jsonl", sft_rows(problems))
+        spec = Spec("scratch", data, str(Path(tmp) / "model"), st.lake.uri(run_id, "problems"),
                     args=cfg.model_dump(mode="json"))
         metrics = launch(spec)
         st.lake.put_dir(spec.out_dir, run_id, STAGE)

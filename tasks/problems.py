@@ -1,4 +1,5 @@
-"""Stage `problems`: a problem source (toy teacher, GSM8K, MATH500) -> Problem dataset with train/test splits."""
+"""Stage `problems`: a problem source (toy teacher, GSM8K, MATH500, files, the synthesizer) -> Problem dataset with
+train/test splits."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core.records import Problem, Quarantined
 from mathfactory.tasks.domains import toy
+from mathfactory.tasks.gate import STAGE as SYNTHESIZED
 from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.storage import Lake
 
 STAGE = "problems"
 
@@ -19,7 +22,11 @@ STAGE = "problems"
 class ProblemsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: Literal["toy", "gsm8k", "math500", "files"] = Field("toy", description="Where problems come from.")
+    source: Literal["toy", "gsm8k", "math500", "files", "synthesizer"] = Field(
+        "toy", description="Where problems come from: the toy teacher directly, GSM8K, MATH500, your files, or "
+        "the synthesis path (train problems written by the trained synthesizer; see `synthesis`).")
+    test_source: Literal["toy", "gsm8k", "math500"] = Field("toy", description="source=synthesizer: where the "
+                                                            "held-out test problems come from.")
     n_train: int | None = Field(4000, ge=0, description="Train problems (None: all the source has).")
     n_test: int | None = Field(250, ge=0, description="Held-out test problems (None: all the source has).")
     stages: list[str] = Field(list(toy.STAGE_NAMES), description="Toy education stages, cycled evenly.")
@@ -28,8 +35,12 @@ class ProblemsConfig(BaseModel):
                                              "(question, answer with `#### N`), all taken as train problems.")
 
 
-def _source(cfg: ProblemsConfig, split: str, seed: int):
+def _source(cfg: ProblemsConfig, split: str, seed: int, lake: Lake, run_id: str):
     n = {"train": cfg.n_train, "test": cfg.n_test}[split]
+    if cfg.source == "synthesizer":
+        if split == "train":
+            return itertools.islice(lake.read(run_id, SYNTHESIZED, Problem), n)
+        return _source(cfg.model_copy(update={"source": cfg.test_source}), split, seed, lake, run_id)
     if cfg.source == "toy":
         return toy.generate(n or 0, split, seed, cfg.stages)
     if cfg.source == "files":
@@ -58,7 +69,7 @@ def make_problems(cfg: ProblemsConfig, lake: str, run_id: str, seed: int) -> str
 
     def rows():
         for split in ("train", "test"):
-            for item in _source(cfg, split, seed):
+            for item in _source(cfg, split, seed, st.lake, run_id):
                 if isinstance(item, Quarantined):
                     quarantined.append(item)
                 else:

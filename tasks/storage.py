@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -39,6 +40,7 @@ R = TypeVar("R")
 MARKER = "_SUCCESS.json"
 SECRET_ENV = "MATHFACTORY_STORAGE_SECRET"
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+_CACHE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]+")  # a file name on every store, never a temp file's
 
 
 class DataError(ValueError):
@@ -273,6 +275,53 @@ class Lake:
         """Replace `{lake}/state/{key}.json` whole: a reader sees the old document or the new one."""
         data = json.dumps(value, indent=2, sort_keys=True).encode()
         _atomic_write(self.fs, f"{self.root}/state/{key}.json", lambda f: f.write(data))
+
+    def request_cache(self, name: str) -> RequestCache:
+        """The cache `{lake}/cache/{name}`, shared by every run in the lake: the same request is the same request."""
+        path = f"{self.root}/cache/{name}"
+        return RequestCache(path if _is_local(self.fs) else self.fs.unstrip_protocol(path), **self.storage_options)
+
+
+class RequestCache:
+    """Finished requests at any fsspec URL, one JSON document each at `{folder}/{key[:2]}/{key}.json`.
+
+    A document is written whole or not at all the moment its request finishes, so a killed run keeps every
+    answer it paid for; the two-character fan-out keeps local directories small.
+    """
+
+    def __init__(self, url: str, **storage_options: Any):
+        self.url = url
+        self.fs, root = _url_to_fs(url, **storage_options)
+        self.root = root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"RequestCache({self.url!r})"
+
+    def _path(self, key: str) -> str:
+        if not _CACHE_KEY.fullmatch(key):
+            raise ValueError(f"request cache key must be a plain name (letters, digits, - and _), got {key!r}")
+        return f"{self.root}/{key[:2]}/{key}.json"
+
+    def keys(self) -> set[str]:
+        """Every stored key, from one recursive listing; a missing folder holds none."""
+        self.fs.invalidate_cache(self.root)  # s3fs keeps listings; another process may have written since
+        try:
+            paths = self.fs.find(self.root)
+        except FileNotFoundError:
+            return set()
+        names = (p.rsplit("/", 1)[-1] for p in paths)
+        return {n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith(("_", "."))}
+
+    def get(self, key: str) -> dict | None:
+        try:
+            with self.fs.open(self._path(key), "rb") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, value: dict) -> None:
+        data = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
+        _atomic_write(self.fs, self._path(key), lambda f: f.write(data))
 
 
 def fetch_dir(url: str, **storage_options: Any) -> Path:

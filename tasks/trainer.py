@@ -1,6 +1,6 @@
 """The one training entry point, run in a process of its own: `python -m mathfactory.tasks.trainer SPEC.json`.
 
-A spec says which TRL trainer runs (`policy`: tokenizer + from-scratch SFT of pi_sft; `sft`: SFTTrainer from a
+A spec says which TRL trainer runs (`scratch`: tokenizer + SFT of a tiny model from scratch; `sft`: SFTTrainer from a
 model; `dpo`: DPOTrainer from a model, which is also the reference), on which rows (a local JSONL file), with which
 TRL arguments, into which directory. The process saves model + tokenizer there and writes metrics.json. Apart from
 the flow, an OOM or a crash fails the training task and not the flow, GPU memory is returned when it exits, and
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 METRICS = "metrics.json"
-TRAINERS = ("policy", "sft", "dpo")
+TRAINERS = ("scratch", "sft", "dpo")
 # What a model directory must hold before a trainer may start from it.
 MODEL_FILES = {"config.json": ("config.json",), "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
                "weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")}
@@ -32,12 +32,12 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Spec:
-    trainer: Literal["policy", "sft", "dpo"]
-    rows: str  # JSONL: Problem rows (policy), prompt/completion (sft) or prompt/chosen/rejected (dpo)
+    trainer: Literal["scratch", "sft", "dpo"]
+    rows: str  # JSONL: prompt/completion (scratch, sft) or prompt/chosen/rejected (dpo)
     out_dir: str
     dataset: str  # the rows' name in messages, e.g. runs/toy-1234/rft
-    init: str | None = None  # the model directory to start from; None for `policy`
-    args: dict[str, Any] = field(default_factory=dict)  # TRL config kwargs; PolicyConfig fields for `policy`
+    init: str | None = None  # the model directory to start from; None for `scratch`
+    args: dict[str, Any] = field(default_factory=dict)  # TRL config kwargs; PolicyConfig fields for `scratch`
 
 
 def check_model_dir(path: str | Path) -> None:
@@ -102,11 +102,10 @@ def train(spec: Spec) -> dict[str, Any]:
     from mathfactory.tasks.models import tiny
 
     rows, out = _rows(spec), Path(spec.out_dir)
-    if spec.trainer == "policy":
-        from mathfactory.tasks.core.records import Problem
-        from mathfactory.tasks.policy import PolicyConfig, train_policy
+    if spec.trainer == "scratch":
+        from mathfactory.tasks.policy import PolicyConfig, train_scratch
 
-        return train_policy(PolicyConfig.model_validate(spec.args), [Problem(**r) for r in rows], out)
+        return train_scratch(PolicyConfig.model_validate(spec.args), rows, out)
     if spec.trainer not in TRAINERS:
         raise ValueError(f"unknown trainer {spec.trainer!r}; valid: {', '.join(TRAINERS)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback

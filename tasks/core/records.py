@@ -142,6 +142,71 @@ class EvalResult:
 
 
 @dataclass(frozen=True)
+class SeedText:
+    """A chunk of math text a teacher or the synthesizer writes problems from (JiuZhang3.0's "seed texts")."""
+
+    seed_id: str  # stable_id(source, origin, chunk)
+    source: str  # toy | gsm8k | files
+    origin: str  # file:line (and #chunk) or a generator's id
+    kind: str  # what the source says it is (toy: story | lesson | noise); "" when unknown
+    text: str
+
+
+@dataclass(frozen=True)
+class TeacherCall:
+    """One education-stage prompt sent to the teacher for one seed text: the knowledge-distillation data, or the
+    failure that stands for it (after retries), with what it cost."""
+
+    request_id: str  # the request's cache key: the same request is never paid for twice
+    round: int  # 1: seed texts sampled at random; 2: the texts gradient influence selected
+    seed_id: str
+    stage: str  # education stage of the prompt template
+    prompt: str
+    completion: str | None  # None if the request failed
+    ok: bool
+    reason: str  # "ok", or why it failed (HTTP status, timeout, empty, unparseable: ...)
+    attempts: int
+    cached: bool  # answered from the request cache (free)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GradFeature:
+    """One (prompt, output) pair's loss gradient under the round-1 synthesizer, randomly projected (LESS's
+    gradient datastore): a candidate seed text's teacher output, or a reference problem."""
+
+    row_id: str  # the TeacherCall's request_id, or the reference problem's id
+    seed_id: str | None  # None for reference rows
+    role: str  # candidate | reference
+    feature: list[float]
+
+
+@dataclass(frozen=True)
+class SeedScore:
+    """A seed text's gradient influence: cosine of its mean projected gradient to the reference mean."""
+
+    seed_id: str
+    kind: str  # the seed text's kind, to see what selection favours
+    score: float
+    n_pairs: int  # teacher outputs its feature averages over
+    rank: int  # 0 = most influential
+    selected: bool  # in the top `fraction`: distilled again in round 2
+
+
+@dataclass(frozen=True)
+class SynthOutput:
+    """One text the trained synthesizer wrote for (seed text, education stage), before the quality gates."""
+
+    output_id: str
+    seed_id: str
+    stage: str
+    completion: str
+    n_tokens: int
+    finish_reason: str
+
+
+@dataclass(frozen=True)
 class Quarantined:
     """A row a stage refused, kept with where it came from and why, so a flow never dies on one bad row."""
 
@@ -152,4 +217,6 @@ class Quarantined:
 
 
 RECORDS = {cls.__name__: cls for cls in (Problem, Rollout, Verdict, StepCredit, StepwiseExample, SFTExample,
-                                         PreferencePair, EvalResult, Quarantined)}
+                                         PreferencePair, EvalResult, SeedText, TeacherCall, GradFeature,
+                                         SeedScore,
+                                         SynthOutput, Quarantined)}

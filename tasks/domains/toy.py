@@ -9,6 +9,7 @@ A question belongs to the test split iff its hash says so, so splits are disjoin
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,9 +72,10 @@ def _step(rng: random.Random, a: int, stage: Stage) -> tuple[str, int, int] | No
     return None
 
 
-def _story(rng: random.Random, stage: Stage, person: str, item: str) -> tuple[list[str], list[str], int]:
+def _story(rng: random.Random, stage: Stage, person: str, item: str, start: int | None = None
+           ) -> tuple[list[str], list[str], int]:
     """One person's chain: question sentences, solution lines, final quantity."""
-    a = rng.randint(2, max(3, stage.limit // 3))
+    a = rng.randint(2, max(3, stage.limit // 3)) if start is None else start
     question, solution = [f"{person} has {a} {item}."], []
     for _ in range(rng.randint(*stage.steps)):
         step = _step(rng, a, stage)
@@ -87,11 +89,15 @@ def _story(rng: random.Random, stage: Stage, person: str, item: str) -> tuple[li
     return question, solution, a
 
 
-def make_problem(rng: random.Random, stage: Stage) -> tuple[str, str, int]:
-    """(question, GSM8K-format solution, answer) for one random problem of `stage`."""
-    item = rng.choice(ITEMS)
-    people = rng.sample(NAMES, stage.people)
-    stories = [_story(rng, stage, p, item) for p in people]
+def make_problem(rng: random.Random, stage: Stage, item: str | None = None, people: Sequence[str] = (),
+                 starts: Sequence[int] = ()) -> tuple[str, str, int]:
+    """(question, GSM8K-format solution, answer) for one random problem of `stage`; the toy teacher passes the
+    item, people and starting quantities it found in a seed text."""
+    item = item or rng.choice(ITEMS)
+    people = list(people[:stage.people])
+    if len(people) < stage.people:
+        people += rng.sample([n for n in NAMES if n not in people], stage.people - len(people))
+    stories = [_story(rng, stage, p, item, starts[i] if i < len(starts) else None) for i, p in enumerate(people)]
     question = " ".join(" ".join(q) for q, _, _ in stories)
     solution = [line for _, s, _ in stories for line in s]
     if stage.people == 1:
@@ -134,3 +140,97 @@ def generate(n: int, split: str, seed: int, stages: Sequence[str] = STAGE_NAMES)
         seen.add(question)
         problems.append(Problem(stable_id("toy", question), "toy", split, stage.name, question, solution, str(answer)))
     return problems
+
+
+# -- seed texts and a solver: what the toy teacher reads and how it checks a problem -------------------------
+
+PLACES = ("the museum", "the garden", "the harbour", "the old library", "the market square", "the hill path")
+NOISE = ("{place} opens at dawn and stays quiet until noon.", "Visitors walk slowly through {place}.",
+         "Rain fell all morning over {place}.", "Nobody remembers who built {place}.",
+         "The light in {place} changes with the seasons.", "Birds nest under the roof of {place}.")
+LESSONS = {"+": "Adding joins two amounts: {a} {i} and {n} more {i} make {a}+{n}={c} {i}.",
+           "-": "Taking away leaves less: {a} {i} minus {n} {i} leaves {a}-{n}={c} {i}.",
+           "*": "Multiplying counts equal groups: {n} groups of {a} {i} make {a}*{n}={c} {i}.",
+           "/": "Dividing shares equally: {a} {i} split into {n} equal piles give {a}/{n}={c} {i} per pile."}
+KINDS = ("story", "lesson", "noise")
+
+
+def seed_text(rng: random.Random, kind: str) -> str:
+    """A few sentences of math text (story, lesson) or of prose with no mathematics in it (noise)."""
+    item, place = rng.choice(ITEMS), rng.choice(PLACES)
+    if kind == "noise":
+        sentences = (s.format(place=place) for s in rng.sample(NOISE, 3))
+        return " ".join(s[0].upper() + s[1:] for s in sentences)
+    if kind == "lesson":
+        lines = []
+        for op in rng.sample("+-*/", 2):
+            step = _step(rng, rng.randint(4, 20), Stage("", (1, 1), 30, op, 1))
+            if step is not None:
+                lines.append(LESSONS[op].format(a=int(_lesson_base(op, step)), n=step[1], c=step[2], i=item))
+        return " ".join(lines) or f"Counting {item} one by one gives their number."
+    a, b = rng.sample(NAMES, 2)
+    x, y = rng.randint(2, 9), rng.randint(2, 9)
+    return (f"{a} collects {item} and keeps them in {place}. {a} has {x} {item} and {b} has {y} {item}. "
+            f"Every week they trade {item}, so their piles keep changing.")
+
+
+def _lesson_base(op: str, step: tuple[str, int, int]) -> int:
+    _, n, c = step
+    return {"+": c - n, "-": c + n, "*": c // n, "/": c * n}[op]
+
+
+def corpus(n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` (kind, text) seed texts: stories and lessons to write problems from, and off-topic prose (one in
+    three) that a selection step should learn to pass over."""
+    rng = random.Random(f"toy-corpus-{seed}")
+    return [(kind, seed_text(rng, kind)) for kind in (KINDS[i % 3] for i in range(n))]
+
+
+_SENTENCES = [
+    (re.compile(r"(\w+) has (\d+) (\w+)\."), None),
+    (re.compile(r"(\w+) finds (\d+) more (\w+)\."), "+"),
+    (re.compile(r"(\w+) gives away (\d+) (\w+)\."), "-"),
+    (re.compile(r"(\w+) makes the pile (\d+) times as big\."), "*"),
+    (re.compile(r"(\w+) splits the (\w+) into (\d+) equal piles and keeps one\."), "/"),
+]
+_ASK_ONE = re.compile(r"How many (\w+) does (\w+) have now\?")
+_ASK_TWO = re.compile(r"How many (\w+) do (\w+) and (\w+) have together\?")
+
+
+def solve(question: str) -> tuple[str, int] | None:
+    """(GSM8K-format solution, answer) for a question in the toy domain's language, or None if it is not one or
+    it has no whole, non-negative answer. The toy teacher answers solve prompts with it."""
+    have: dict[str, int] = {}
+    lines: list[str] = []
+    *sentences, ask = re.split(r"(?<=[.?])\s+", question.strip())
+    item = None
+    for sentence in sentences:
+        found = next(((m, op) for pattern, op in _SENTENCES if (m := pattern.fullmatch(sentence))), None)
+        if found is None:
+            return None
+        m, op = found
+        person = m.group(1)
+        if op is None:
+            if person in have:
+                return None
+            have[person], item = int(m.group(2)), item or m.group(3)
+            continue
+        n = int(m.group(3) if op == "/" else m.group(2))
+        if person not in have or n == 0 or (op == "/" and have[person] % n):
+            return None
+        a = have[person]
+        c = {"+": a + n, "-": a - n, "*": a * n, "/": a // n}[op]
+        if c < 0:
+            return None
+        lines.append(TEMPLATES[op][1].format(p=person, n=n, a=a, c=c, i=item))
+        have[person] = c
+    one, two = _ASK_ONE.fullmatch(ask), _ASK_TWO.fullmatch(ask)
+    if one and one.group(2) in have:
+        answer = have[one.group(2)]
+    elif two and two.group(2) in have and two.group(3) in have and two.group(2) != two.group(3):
+        x, y = have[two.group(2)], have[two.group(3)]
+        answer = x + y
+        lines.append(f"Together they have {x}+{y}=<<{x}+{y}={answer}>>{answer} {item}.")
+    else:
+        return None
+    return "\n".join([*lines, f"#### {answer}"]), answer

@@ -37,6 +37,7 @@ class Completion:
     text: str
     n_tokens: int  # generated tokens, including a stop string's tokens but not padding
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_new_tokens reached)
+    prompt_tokens: int = 0  # the prompt's tokens when the backend reports them (per request: every choice repeats it)
 
 
 @runtime_checkable

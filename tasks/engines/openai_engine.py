@@ -23,7 +23,12 @@ MAX_WAIT_S = 120.0  # longest single pause between attempts, even when a server 
 
 
 class EngineHTTPError(RuntimeError):
-    """A request that failed for good; the message names the URL and the status."""
+    """A request that failed for good; the message names the URL and the status, `reason` says why in a few
+    words without the URL ("HTTP 500: ...", "timeout (ReadTimeout)", "unreadable response: ...")."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,7 @@ class OpenAIEngine:
         self, client: httpx.Client, prompt: str, params: SamplingParams, seed: int, stop: threading.Event
     ) -> list[Completion]:
         body = self.payload(prompt, params, seed)
-        failure = ""
+        failure = reason = ""
         for attempt in range(self.max_retries + 1):
             if stop.is_set():
                 raise _Abandoned
@@ -221,12 +226,13 @@ class OpenAIEngine:
                     response = client.post(self.url, json=body)
             except httpx.TransportError as e:  # timeouts, refused or dropped connections
                 failure = f"{type(e).__name__}: {e}"
+                reason = f"timeout ({type(e).__name__})" if isinstance(e, httpx.TimeoutException) else failure
             else:
                 if response.is_success:
                     return self._completions(response, body, params)
+                failure = reason = f"HTTP {response.status_code}: {_snippet(response)}"
                 if response.status_code != 429 and response.status_code < 500:
-                    raise EngineHTTPError(f"POST {self.url} -> HTTP {response.status_code}: {_snippet(response)}")
-                failure = f"HTTP {response.status_code}: {_snippet(response)}"
+                    raise EngineHTTPError(f"POST {self.url} -> {failure}", failure)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             if attempt == self.max_retries:
                 break
@@ -236,7 +242,7 @@ class OpenAIEngine:
             self._count(retries=1)
             if stop.wait(delay):
                 raise _Abandoned
-        raise EngineHTTPError(f"POST {self.url} failed after {self.max_retries + 1} attempts; last: {failure}")
+        raise EngineHTTPError(f"POST {self.url} failed after {self.max_retries + 1} attempts; last: {failure}", reason)
 
     def _completions(self, response: httpx.Response, body: dict, params: SamplingParams) -> list[Completion]:
         try:
@@ -246,13 +252,17 @@ class OpenAIEngine:
             reasons = [finish_reason(c.get("finish_reason")) for c in choices]
             usage = data.get("usage") or {}
         except (ValueError, KeyError, TypeError) as e:
-            raise EngineHTTPError(f"POST {self.url} -> unreadable response ({e!r}): {_snippet(response)}") from e
+            reason = f"unreadable response ({e!r}): {_snippet(response)}"
+            raise EngineHTTPError(f"POST {self.url} -> {reason}", reason) from e
         if len(choices) != body["n"]:
-            raise EngineHTTPError(f"POST {self.url} -> {len(choices)} choices, asked for {body['n']}")
+            reason = f"{len(choices)} choices, asked for {body['n']}"
+            raise EngineHTTPError(f"POST {self.url} -> {reason}", reason)
         total = int(usage.get("completion_tokens") or 0)  # servers that send no usage cost 0 tokens here
-        self._count(prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=total, requests=1)
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        self._count(prompt_tokens=prompt_tokens, completion_tokens=total, requests=1)
         counts = split_completion_tokens(total, texts, reasons, params.max_new_tokens)
-        completions = [Completion(t, k, r) for t, k, r in zip(texts, counts, reasons, strict=True)]
+        # usage.prompt_tokens is per request: each choice carries it whole (sum over choices would overcount).
+        completions = [Completion(t, k, r, prompt_tokens) for t, k, r in zip(texts, counts, reasons, strict=True)]
         return completions * params.n if params.greedy else completions
 
 

@@ -57,3 +57,28 @@ def test_bad_arguments_name_the_problem():
         toy.generate(1, "dev", seed=0)
     with pytest.raises(ValueError, match="unknown toy stage"):
         toy.generate(1, "train", seed=0, stages=["kindergarten"])
+
+
+def test_the_solver_reproduces_every_reference_solution():
+    for p in toy.generate(300, "train", 3) + toy.generate(50, "test", 3):
+        assert toy.solve(p.question) == (p.solution, int(p.answer))
+
+
+@pytest.mark.parametrize("question", [
+    "Ava has 3 apples. How many apples does Ben have now?",  # nobody called Ben
+    "Ava has 3 apples. Ava gives away 5 apples. How many apples does Ava have now?",  # below zero
+    "Ava has 7 apples. Ava splits the apples into 2 equal piles and keeps one. How many apples does Ava have now?",
+    "The museum opens at dawn. How many words are in it?",
+    "Ava has 3 apples. Ava finds 2 more apples. How many apples do Ava and Ava have together?",
+])
+def test_the_solver_refuses_what_has_no_whole_answer_or_is_not_toy(question):
+    assert toy.solve(question) is None
+
+
+def test_the_corpus_mixes_stories_lessons_and_off_topic_prose_deterministically():
+    texts = toy.corpus(30, 0)
+    assert texts == toy.corpus(30, 0) and texts != toy.corpus(30, 1)
+    assert [k for k, _ in texts[:3]] == ["story", "lesson", "noise"]
+    noise = [t for k, t in texts if k == "noise"]
+    assert not any(ch.isdigit() for t in noise for ch in t)
+    assert all(any(ch.isdigit() for ch in t) for k, t in texts if k != "noise")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from mathfactory.tasks.engines.base import Engine, SamplingParams
@@ -28,6 +28,9 @@ class Faults:
     hang_first: int = 0  # the K requests after those sleep `hang_s` before answering (past a client timeout)
     hang_s: float = 0.0
     delay_s: float = 0.0  # every request takes at least this long, so concurrent requests overlap
+    hang_after: int | None = None  # every request after the first K (None: none) sleeps `hang_s` too
+    garbage_first: int = 0  # the first K requests answer 200 with `garbage_body`; the faults above count after them
+    garbage_body: str = '{"choices": [{"index": 0, "te'  # cut off mid-document
 
 
 @dataclass
@@ -91,7 +94,7 @@ def make_app(
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(400, str(exc.errors()))  # vLLM and OpenAI answer 400, FastAPI's default is 422
 
-    async def serve(req: _Sampling, prompt: str, raw: Request, chat: bool) -> JSONResponse:
+    async def serve(req: _Sampling, prompt: str, raw: Request, chat: bool) -> Response:
         record.received += 1
         nth = record.received
         record.bodies.append(await raw.json())
@@ -105,13 +108,16 @@ def make_app(
         record.statuses.append(response.status_code)
         return response
 
-    async def _answer(req: _Sampling, prompt: str, chat: bool, nth: int) -> JSONResponse:
+    async def _answer(req: _Sampling, prompt: str, chat: bool, nth: int) -> Response:
         await asyncio.sleep(faults.delay_s)
-        if nth <= faults.fail_first:
+        if nth <= faults.garbage_first:
+            return Response(faults.garbage_body, 200, media_type="application/json")
+        k = nth - faults.garbage_first
+        if k <= faults.fail_first:
             headers = {"Retry-After": faults.retry_after} if faults.retry_after is not None else {}
             return JSONResponse({"error": {"message": "injected", "code": faults.fail_status}},
                                 faults.fail_status, headers=headers)
-        if nth <= faults.fail_first + faults.hang_first:
+        if k <= faults.fail_first + faults.hang_first or (faults.hang_after is not None and nth > faults.hang_after):
             await asyncio.sleep(faults.hang_s)
         if req.model != model:
             return _error(404, f"The model `{req.model}` does not exist.")
@@ -142,11 +148,11 @@ def make_app(
         })
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, raw: Request) -> JSONResponse:
+    async def completions(req: CompletionRequest, raw: Request) -> Response:
         return await serve(req, req.prompt, raw, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest, raw: Request) -> JSONResponse:
+    async def chat_completions(req: ChatRequest, raw: Request) -> Response:
         return await serve(req, render_chat(req.messages), raw, chat=True)
 
     return app

@@ -1,0 +1,154 @@
+"""Stage `synth_problems`: what the synthesizer wrote (SynthOutput) -> the problems that pass every quality gate
+(Problem rows), and each dropped one quarantined with the gate that dropped it and why.
+
+Gates, cheapest first: `parse` (problem / solution / final answer sections), `answer` (a final answer is
+given), `calculator` (every <<a*b=c>> annotation is right), `decontaminate` (no 10-gram shared with GSM8K test
+or MATH500), `near_duplicate` (MinHash against the problems kept so far), `solvable` (the teacher, or the policy's
+majority answer, agrees with the stated answer; it costs model calls, so it runs last).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from mathfactory.tasks.core import format, synthesis
+from mathfactory.tasks.core.calculator import check_annotations
+from mathfactory.tasks.core.evaluation import vote
+from mathfactory.tasks.core.gates import Decontaminator, NearDuplicates
+from mathfactory.tasks.core.records import Problem, Quarantined, SynthOutput, stable_id
+from mathfactory.tasks.distill import TeacherConfig, cost, teacher
+from mathfactory.tasks.engines.base import SamplingParams
+from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.synthesize import STAGE as OUTPUTS
+
+STAGE = "synth_problems"
+GATES = ("parse", "answer", "calculator", "decontaminate", "near_duplicate", "solvable")
+
+
+class GatesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    solvable: Literal["teacher", "policy", "none"] = Field(
+        "teacher", description="Who must agree with a problem's stated answer: the teacher (one greedy solve "
+        "request per problem, cached like all teacher calls), the majority of `solver_k` samples from "
+        "`solver_model`, or nobody.")
+    solver_model: str | None = Field(None, description="solvable=policy: a policy model directory or URL.")
+    solver_k: int = Field(4, ge=1, description="solvable=policy: samples per problem for the majority vote.")
+    decontaminate: list[Literal["gsm8k", "math500"]] = Field(["gsm8k", "math500"], description="Test sets no "
+                                                             "synthesized problem may share an n-gram with.")
+    data_path: str | None = Field(None, description="Folder holding gsm8k/ and math500/ (None: ../shared/data).")
+    ngram: int = Field(10, ge=1, description="Words per n-gram for decontamination.")
+    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity (word "
+                                      "3-gram shingles) above which a problem is a near-duplicate.")
+    num_perm: int = Field(64, ge=16, description="MinHash permutations.")
+
+
+def test_items(cfg: GatesConfig) -> Iterator[tuple[str, str]]:
+    """(origin, question) of every test problem the synthesized ones must not overlap."""
+    from mathfactory.tasks.domains import gsm8k, math500
+
+    for name in cfg.decontaminate:
+        folder = f"{cfg.data_path.rstrip('/')}/{name}" if cfg.data_path else None
+        rows = gsm8k.load("test", folder) if name == "gsm8k" else math500.load("test", folder)
+        for p in rows:
+            if isinstance(p, Problem):
+                yield f"{name} test {p.problem_id}", p.question
+
+
+def cheap_gates(outputs: Iterable[SynthOutput], contamination: Decontaminator, dups: NearDuplicates,
+                dropped: list[Quarantined]) -> Iterator[tuple[SynthOutput, synthesis.Parsed]]:
+    """The outputs that pass every gate but `solvable`; the rest go to `dropped` as `gate: reason`."""
+    def drop(o: SynthOutput, gate: str, why: str) -> None:
+        dropped.append(Quarantined(STAGE, o.output_id, f"{gate}: {why}", o.completion[:200]))
+
+    for o in outputs:
+        parsed = synthesis.parse(o.completion)
+        if isinstance(parsed, str):
+            drop(o, "parse", parsed + (" (ran out of tokens)" if o.finish_reason == "length" else ""))
+        elif parsed.answer is None:
+            drop(o, "answer", "no final answer")
+        elif (wrong := check_annotations(parsed.solution)[1]) > 0:
+            drop(o, "calculator", f"{wrong} calculator annotation(s) wrong")
+        elif (origin := contamination.match(parsed.question)) is not None:
+            drop(o, "decontaminate", f"shares a {contamination.n}-gram with {origin}")
+        elif (first := dups.first_seen(o.output_id, parsed.question)) is not None:
+            drop(o, "near_duplicate", f"near-duplicate of {first}")
+        else:
+            yield o, parsed
+
+
+def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
+             candidates: list[tuple[SynthOutput, synthesis.Parsed]]) -> tuple[list[str | None], dict]:
+    """Per candidate None if someone agrees with its answer, else why not; and what asking cost."""
+    from mathfactory.tasks.judge import Judge
+
+    if cfg.solvable == "none" or not candidates:
+        return [None] * len(candidates), {}
+    questions = [format.prompt(p.question) for _, p in candidates]
+    if cfg.solvable == "teacher":
+        answers = teacher(teacher_cfg, lake).ask(questions, SamplingParams(
+            temperature=0, max_new_tokens=teacher_cfg.max_new_tokens, stop=format.STOP, seed=seed))
+        texts = [[a.completion or ""] for a in answers]
+        spent = {f"solve_{k}": v for k, v in cost(answers).items()}
+    else:
+        from mathfactory.tasks.engines import TransformersOptions, load_engine
+        from mathfactory.tasks.storage import fetch_dir
+
+        if not cfg.solver_model:
+            raise ValueError("gates.solvable=policy needs gates.solver_model (a policy model directory)")
+        engine = load_engine(TransformersOptions(), fetch_dir(cfg.solver_model), seed)
+        params = SamplingParams(n=cfg.solver_k, temperature=0.8, max_new_tokens=384, stop=format.STOP, seed=seed)
+        texts = [[c.text for c in cs] for cs in engine.generate(questions, params)]
+        answers, spent = None, {}
+    reasons: list[str | None] = []
+    with Judge() as judge:
+        for i, ((_, parsed), outs) in enumerate(zip(candidates, texts, strict=True)):
+            if answers is not None and not answers[i].ok:
+                reasons.append(f"solvable: teacher request failed ({answers[i].reason})")
+                continue
+            grades = judge.grade_many((parsed.answer, t) for t in outs)
+            answer, agrees = vote([g.predicted for g in grades], [g.correct for g in grades])
+            reasons.append(None if agrees else f"solvable: {cfg.solvable} answered {answer!r}, "
+                                               f"not {parsed.answer!r}")
+    return reasons, spent
+
+
+@task(name="gate", cache_policy=NO_CACHE, retries=1)
+def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_id: str, seed: int) -> str:
+    st = Stage(lake, run_id, STAGE, Problem, config={"gates": cfg.model_dump(mode="json"),
+                                                     "teacher": teacher_cfg.model_dump(mode="json")})
+    if st.done:
+        return st.uri
+    t0 = time.perf_counter()
+    contamination = Decontaminator(test_items(cfg), n=cfg.ngram)
+    dups = NearDuplicates(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
+    dropped: list[Quarantined] = []
+    n_in = 0
+
+    def counted(rows: Iterable[SynthOutput]) -> Iterator[SynthOutput]:
+        nonlocal n_in
+        for r in rows:
+            n_in += 1
+            yield r
+
+    candidates = list(cheap_gates(counted(st.lake.read(run_id, OUTPUTS, SynthOutput)), contamination, dups, dropped))
+    reasons, spent = solvable(cfg, teacher_cfg, lake, seed, candidates)
+    kept = []
+    for (o, parsed), reason in zip(candidates, reasons, strict=True):
+        if reason is None:
+            kept.append(Problem(stable_id("synth", parsed.question), "synth", "train", o.stage, parsed.question,
+                                parsed.solution, parsed.answer))
+        else:
+            dropped.append(Quarantined(STAGE, o.output_id, reason, o.completion[:200]))
+    st.write(0, kept, dropped)
+    if not kept:
+        raise ValueError(f"{STAGE}: no synthesized problem passed the gates ({n_in} written; see the quarantine)")
+    counts = {g: sum(q.reason.startswith(f"{g}:") for q in dropped) for g in GATES}
+    return st.commit(written=n_in, kept=len(kept), dropped=counts, gate_seconds=round(time.perf_counter() - t0, 2),
+                     **spent)

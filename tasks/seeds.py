@@ -1,0 +1,82 @@
+"""Stage `seeds`: a corpus of math text (the toy domain's, GSM8K train, or the user's JSONL/Parquet) -> SeedText
+chunks with ids. An empty or non-text row is skipped, counted and quarantined with its file:line."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from mathfactory.tasks.core.records import Quarantined, SeedText, stable_id
+from mathfactory.tasks.core.synthesis import chunk
+from mathfactory.tasks.domains import toy
+from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.storage import iter_file_rows
+
+STAGE = "seeds"
+
+
+class SeedsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Literal["toy", "gsm8k", "files"] = Field("toy", description="toy: the toy domain's corpus; gsm8k: "
+                                                     "GSM8K train (question + worked answer); files: `files`.")
+    n: int | None = Field(600, ge=1, description="Seed texts to make (toy) or read at most (None: all).")
+    files: list[str] = Field([], description="source=files: JSONL/Parquet files, one text per row in `text_field`.")
+    text_field: str = Field("text", description="source=files: the column holding the text.")
+    path: str | None = Field(None, description="source=gsm8k: folder or file (None: ../shared/data/gsm8k).")
+    max_chars: int = Field(1200, ge=16, description="Longest chunk; longer texts are cut at sentence boundaries.")
+
+
+def _texts(cfg: SeedsConfig, seed: int) -> Iterator[tuple[str, str, object]]:
+    """(origin, kind, raw text) per corpus row; the raw text may be anything a file holds."""
+    if cfg.source == "toy":
+        for i, (kind, text) in enumerate(toy.corpus(cfg.n or 0, seed)):
+            yield f"toy-corpus:{i}", kind, text
+        return
+    if cfg.source == "gsm8k":
+        from mathfactory.tasks.domains import gsm8k
+
+        path = gsm8k.resolve(cfg.path, gsm8k.SOURCE, gsm8k.DEFAULT_DIR, "train")
+        rows = ((origin, row, error, ("question", "answer")) for origin, row, error in iter_file_rows(path))
+    else:
+        rows = ((origin, row, error, (cfg.text_field,)) for f in cfg.files for origin, row, error in iter_file_rows(f))
+    for origin, row, error, fields in rows:
+        if error is not None:
+            yield origin, "", ValueError(error)
+            continue
+        values = [row.get(f) for f in fields]
+        yield origin, "", "\n".join(values) if all(isinstance(v, str) for v in values) else values
+
+
+def seed_texts(cfg: SeedsConfig, seed: int, quarantined: list[Quarantined]) -> Iterator[SeedText]:
+    """The corpus as chunks, at most `cfg.n` of them; bad rows go to `quarantined`."""
+    def chunks() -> Iterator[SeedText]:
+        for origin, kind, text in _texts(cfg, seed):
+            reason = (str(text) if isinstance(text, ValueError) else
+                      f"not text: {type(text).__name__}" if not isinstance(text, str) else
+                      "empty text" if not text.strip() else None)
+            if reason:
+                quarantined.append(Quarantined(STAGE, origin, reason, repr(text)[:200]))
+                continue
+            for k, piece in enumerate(chunk(text, cfg.max_chars)):
+                where = f"{origin}#{k}"
+                yield SeedText(stable_id(cfg.source, where, piece), cfg.source, where, kind, piece)
+
+    return itertools.islice(chunks(), cfg.n)
+
+
+@task(name="seeds", cache_policy=NO_CACHE, retries=1)
+def make_seeds(cfg: SeedsConfig, lake: str, run_id: str, seed: int) -> str:
+    st = Stage(lake, run_id, STAGE, SeedText, config=cfg)
+    if st.done:
+        return st.uri
+    quarantined: list[Quarantined] = []
+    n = st.write(0, seed_texts(cfg, seed, quarantined), quarantined)
+    if n == 0:
+        raise ValueError(f"seeds: the {cfg.source} corpus gave no usable text ({len(quarantined)} rows skipped)")
+    return st.commit(unusable_rows=len(quarantined))

@@ -1,0 +1,75 @@
+"""Stages `synthesizer_round1`, `synthesizer`: the teacher's outputs (kd_round1, kd_round2) -> a small model that
+writes problems the way the teacher does (JiuZhang3.0's synthesizer), trained by TRL in a process of its own.
+
+Round 1 trains from `base` (SFT recipe) or, on the embedded default, a tiny model from scratch; gradient influence
+is measured with it. Round 2 continues it on the distillation of the selected seed texts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from mathfactory.tasks.core.records import TeacherCall
+from mathfactory.tasks.distill import stage_name as kd_stage
+from mathfactory.tasks.policy import PolicyConfig
+from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.storage import Lake, fetch_dir
+from mathfactory.tasks.train import recipe
+from mathfactory.tasks.trainer import Spec, check_size, launch, write_rows
+
+STAGES = {1: "synthesizer_round1", 2: "synthesizer"}
+
+
+def _tiny() -> PolicyConfig:
+    # Prompts carry the template's instructions: a larger vocabulary folds them into fewer tokens.
+    return PolicyConfig(vocab_size=1024, max_length=768, max_steps=300, batch_size=16, learning_rate=3e-3)
+
+
+class SynthesizerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str | None = Field(None, description="A pretrained model directory or URL to fine-tune (e.g. a 7B base, "
+                             "with the SFT recipe); None: a tiny model from scratch (`tiny`).")
+    tiny: PolicyConfig = Field(default_factory=_tiny, description="The from-scratch model and its SFT (round 1).")
+    trl_args: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"round2": {"num_train_epochs": 2}},
+        description="Per round ('round1' with `base`, 'round2'), trl.SFTConfig keywords over the SFT recipe.")
+
+
+def sft_rows(calls: list[TeacherCall]) -> list[dict[str, str]]:
+    """The teacher's usable outputs as TRL prompt/completion rows (failed requests have none)."""
+    return [{"prompt": c.prompt, "completion": c.completion} for c in calls if c.ok]
+
+
+def synthesizer_dir(lake: str, run_id: str, round: int = 2) -> Path:
+    return Lake(lake).local_dir(run_id, STAGES[round])
+
+
+@task(name="synthesizer", task_run_name="synthesizer-round{round}", cache_policy=NO_CACHE)
+def fit_synthesizer(cfg: SynthesizerConfig, lake: str, run_id: str, round: int, seed: int) -> str:
+    name = STAGES[round]
+    st = Stage(lake, run_id, name, None, config=cfg)
+    if st.done:
+        return st.uri
+    rows = sft_rows(list(st.lake.read(run_id, kd_stage(round), TeacherCall)))
+    dataset = st.lake.uri(run_id, kd_stage(round))
+    args = {**recipe("sft"), "seed": seed, "data_seed": seed, **cfg.trl_args.get(f"round{round}", {})}
+    if round == 2:
+        trainer, init = "sft", synthesizer_dir(lake, run_id, 1)
+    elif cfg.base:
+        trainer, init = "sft", fetch_dir(cfg.base)
+    else:
+        trainer, init, args = "scratch", None, cfg.tiny.model_dump(mode="json")
+    check_size(dataset, len(rows), args.get("batch_size") or args.get("per_device_train_batch_size", 8))
+    with tempfile.TemporaryDirectory(prefix=f"mathfactory-{name}-") as tmp:
+        spec = Spec(trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(Path(tmp) / "model"), dataset,
+                    str(init) if init else None, args)
+        metrics = launch(spec)
+        st.lake.put_dir(spec.out_dir, run_id, name)
+    return st.commit(round=round, dataset=dataset, init=str(init) if init else None, **metrics)
