@@ -32,8 +32,8 @@ class SeedsConfig(BaseModel):
     max_chars: int = Field(1200, ge=16, description="Longest chunk; longer texts are cut at sentence boundaries.")
 
 
-def _texts(cfg: SeedsConfig, seed: int) -> Iterator[tuple[str, str, object]]:
-    """(origin, kind, raw text) per corpus row; the raw text may be anything a file holds."""
+def _texts(cfg: SeedsConfig, seed: int) -> Iterator[tuple[str, str, str | ValueError]]:
+    """(origin, kind, text) per corpus row, or the reason in place of the text when the row has none."""
     if cfg.source == "toy":
         for i, (kind, text) in enumerate(toy.corpus(cfg.n or 0, seed)):
             yield f"toy-corpus:{i}", kind, text
@@ -49,17 +49,19 @@ def _texts(cfg: SeedsConfig, seed: int) -> Iterator[tuple[str, str, object]]:
         if error is not None:
             yield origin, "", ValueError(error)
             continue
-        values = [row.get(f) for f in fields]
-        yield origin, "", "\n".join(values) if all(isinstance(v, str) for v in values) else values
+        bad = next((f for f in fields if not isinstance(row.get(f), str)), None)
+        if bad is None:
+            yield origin, "", "\n".join(row[f] for f in fields)
+        else:
+            yield origin, "", ValueError(f"{bad!r} is missing" if row.get(bad) is None
+                                         else f"{bad!r} is not text ({type(row[bad]).__name__})")
 
 
 def seed_texts(cfg: SeedsConfig, seed: int, quarantined: list[Quarantined]) -> Iterator[SeedText]:
     """The corpus as chunks, at most `cfg.n` of them; bad rows go to `quarantined`."""
     def chunks() -> Iterator[SeedText]:
         for origin, kind, text in _texts(cfg, seed):
-            reason = (str(text) if isinstance(text, ValueError) else
-                      f"not text: {type(text).__name__}" if not isinstance(text, str) else
-                      "empty text" if not text.strip() else None)
+            reason = str(text) if isinstance(text, ValueError) else "empty text" if not text.strip() else None
             if reason:
                 quarantined.append(Quarantined(STAGE, origin, reason, repr(text)[:200]))
                 continue

@@ -143,7 +143,7 @@ def test_the_projection_depends_only_on_seed_size_and_dim():
     assert torch.bincount(bucket, minlength=64).min() > 100  # ~156 per bucket: every bucket is used
 
 
-def test_features_are_the_same_in_another_process_and_in_any_order_or_batching(model_dir):
+def test_features_are_the_same_in_another_process_and_in_any_order_or_batching(model_dir, tmp_path):
     rows = math_pairs("train", 4, 5) + prose_pairs(4, 4)
     features = gradient_features(model_dir, rows, dim=128)
     assert np.array_equal(features, gradient_features(model_dir, rows, dim=128))
@@ -151,7 +151,7 @@ def test_features_are_the_same_in_another_process_and_in_any_order_or_batching(m
             "from mathfactory.tasks.models.influence import gradient_features\n"
             "rows = json.loads(sys.stdin.read())\n"
             f"np.save(sys.argv[1], gradient_features({str(model_dir)!r}, rows, dim=128))\n")
-    out = model_dir.parent / "features.npy"
+    out = tmp_path / "features.npy"
     subprocess.run([sys.executable, "-c", code, str(out)], input=json.dumps(rows), text=True, check=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})  # as this process
     assert np.array_equal(np.load(out), features)

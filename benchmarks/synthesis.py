@@ -1,0 +1,95 @@
+"""Problems per second written by the trained synthesizer vs by the teacher, on the same seed-text x stage prompts,
+and the share of each path's problems that survives every quality gate, side by side.
+
+The synthesizer path is the run's own `synth_outputs` stage (the synthesis flow runs first; finished stages are
+reused). The teacher path sends the same prompts to the configured teacher through the Teacher client with an
+empty in-memory cache, so every request is paid. Both outputs then go through the same gates (tasks/gate.py).
+On the embedded default the teacher is the toy teacher, a Python function rather than GPT-4: here it is the
+fast path, and the ratio says what a small from-scratch model costs next to a free oracle, not what JiuZhang3.0
+saves over GPT-4.
+
+    .venv/bin/python benchmarks/synthesis.py --lake /tmp/bench-lake            # the toy preset's synthesis
+    .venv/bin/python benchmarks/synthesis.py --preset tests/tiny.yaml --lake /tmp/tiny-lake
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from mathfactory.flows.config import load_preset  # noqa: E402
+from mathfactory.flows.synthesis import synthesis  # noqa: E402
+from mathfactory.tasks.core.gates import Decontaminator, NearDuplicates  # noqa: E402
+from mathfactory.tasks.core.records import SeedText, SynthOutput, stable_id  # noqa: E402
+from mathfactory.tasks.distill import check_output, load_templates, teacher  # noqa: E402
+from mathfactory.tasks.engines.base import SamplingParams  # noqa: E402
+from mathfactory.tasks.gate import GATES, cheap_gates, solvable, test_items  # noqa: E402
+from mathfactory.tasks.storage import Lake  # noqa: E402
+from mathfactory.tasks.synthesize import STAGE as OUTPUTS  # noqa: E402
+from mathfactory.tasks.synthesize import prompts  # noqa: E402
+
+
+def gate_counts(cfg, lake: str, seed: int, outputs: list[SynthOutput]) -> dict[str, int]:
+    """How many outputs each gate dropped, and how many passed all of them ("kept")."""
+    dropped = []
+    candidates = list(cheap_gates(outputs, Decontaminator(test_items(cfg.gates), n=cfg.gates.ngram),
+                                  NearDuplicates(cfg.gates.near_dup_threshold, cfg.gates.num_perm), dropped))
+    reasons, _ = solvable(cfg.gates, cfg.teacher, lake, seed, candidates)
+    counts = {g: sum(q.reason.startswith(f"{g}:") for q in dropped) for g in GATES}
+    counts["solvable"] += sum(r is not None for r in reasons)
+    return {**counts, "kept": sum(r is None for r in reasons)}
+
+
+def teacher_outputs(cfg, lake: str, run_id: str, seed: int) -> tuple[list[SynthOutput], float]:
+    """The teacher on the synthesizer's prompts, every request paid (a fresh cache); outputs and seconds."""
+    templates = load_templates(cfg.teacher.templates)
+    work = list(prompts(cfg.generate, cfg.generate.stages or list(templates.stages),
+                        Lake(lake).read(run_id, "seeds", SeedText)))
+    client = teacher(cfg.teacher, f"memory://bench-{time.time_ns()}", validate=check_output)
+    params = SamplingParams(temperature=cfg.generate.temperature, max_new_tokens=cfg.generate.max_new_tokens,
+                            seed=seed)
+    t0 = time.perf_counter()
+    answers = client.ask([templates.render(stage, s.text) for s, stage in work], params)
+    seconds = time.perf_counter() - t0
+    return [SynthOutput(stable_id("bench", a.request_id), s.seed_id, stage, a.completion or "",
+                        a.completion_tokens, "stop") for (s, stage), a in zip(work, answers, strict=True)], seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="toy")
+    ap.add_argument("--lake", default="./lake-bench")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="section.field=value overrides")
+    args = ap.parse_args()
+    config = load_preset(args.preset, [f"lake={args.lake}", "problems.source=synthesizer", *args.sets])
+    cfg, run_id, seed = config.synthesis, config.run_id(), config.seed_for(None)
+    synthesis(cfg, config.lake, run_id, seed)
+    lake = Lake(config.lake)
+    marker = lake.marker(run_id, OUTPUTS)
+    synth = list(lake.read(run_id, OUTPUTS, SynthOutput))
+    synth_s = marker["seconds"]
+    teach, teach_s = teacher_outputs(cfg, config.lake, run_id, seed)
+    rows = [("synthesizer", synth, synth_s), ("teacher", teach, teach_s)]
+    counts = {name: gate_counts(cfg, config.lake, seed, outs) for name, outs, _ in rows}
+    print(f"run {run_id}: {len(synth)} prompts (seed text x stage); teacher {cfg.teacher.engine.kind}, "
+          f"synthesizer on {cfg.generate.engine.kind}")
+    print(f"{'path':<12} {'outputs/s':>10} {'kept/s':>8}  " + " ".join(f"{g[:10]:>10}" for g in GATES) + "      kept")
+    for name, outs, seconds in rows:
+        c, left, cells = counts[name], len(outs), []
+        for g in GATES:
+            cells.append(f"{1 - c[g] / left:>10.0%}" if left else f"{'-':>10}")
+            left -= c[g]
+        print(f"{name:<12} {len(outs) / seconds:>10.1f} {c['kept'] / seconds:>8.1f}  " + " ".join(cells)
+              + f"  {c['kept']:>4}/{len(outs)}")
+    s, t = (len(synth) / synth_s), (len(teach) / teach_s)
+    print(f"outputs/s synthesizer / teacher = {s / t:.3g}; kept share synthesizer {counts['synthesizer']['kept'] / len(synth):.0%} "
+          f"vs teacher {counts['teacher']['kept'] / len(teach):.0%} (columns: share of what reached each gate that it passed)")
+    print(f"synthesizer decode: {marker['metrics'].get('tokens_per_s')} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
