@@ -40,6 +40,7 @@ class InfluenceConfig(BaseModel):
     reference_path: str | None = Field(None, description="reference=gsm8k: folder or file (None: shared data).")
     max_length: int = Field(768, ge=16, description="Tokens per pair; longer prompts are cut from the left.")
     shards: int = Field(2, ge=1, description="Independent tasks computing gradient features.")
+    num_threads: int | None = Field(1, ge=1, description="torch threads per shard (None: torch's default).")
 
 
 def reference_problems(cfg: InfluenceConfig, seed: int) -> list[Problem]:
@@ -75,7 +76,7 @@ def features_shard(cfg: InfluenceConfig, templates: str, lake: str, run_id: str,
     items += [(p.problem_id, None, "reference", reference_row(tmpl, p)) for p in reference_problems(cfg, seed)]
     mine = items[shard::cfg.shards]
     vectors = gradient_features(synthesizer_dir(lake, run_id, 1), [row for *_, row in mine], dim=cfg.dim,
-                                seed=seed, max_length=cfg.max_length)
+                                seed=seed, max_length=cfg.max_length, num_threads=cfg.num_threads)
     n = st.write(shard, (GradFeature(row_id, seed_id, role, v.tolist())
                          for (row_id, seed_id, role, _), v in zip(mine, vectors, strict=True)))
     return {"shard": shard, "rows": n, "seconds": round(time.perf_counter() - t0, 2)}
