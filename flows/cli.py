@@ -72,14 +72,18 @@ def ls(lake: Annotated[str, typer.Option(help="Lake path or fsspec URL.")] = "./
 
 @app.command()
 def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake path or fsspec URL.")] = "./lake",
-         n: Annotated[int, typer.Option("-n", help="Rows to print.")] = 3):
-    """A few rows of a stage, and its counts."""
+         n: Annotated[int, typer.Option("-n", help="Rows to print.")] = 3,
+         quarantine: Annotated[bool, typer.Option(help="The rows the stage refused, with why.")] = False):
+    """A few rows of a stage (or of its quarantine), and its counts."""
     lk = Lake(lake)
     marker = lk.marker(run_id, stage)
     if marker is None:
         raise typer.BadParameter(f"{lk.uri(run_id, stage)} is not a finished stage (see `mathfactory ls`)")
     out.print_json(json.dumps({k: marker[k] for k in ("rows", "quarantined", "seconds", "metrics") if k in marker}))
-    if stage == "credit":
+    if quarantine:
+        for q in itertools.islice(lk.read_quarantine(run_id, stage), n):
+            out.print(f"{q.origin}: {q.reason}\n  {q.excerpt!r}", highlight=False, markup=False)
+    elif stage == "credit":
         _show_credit(lk, run_id, n)
     elif marker.get("record"):
         for row in itertools.islice(lk.read(run_id, stage, RECORDS[marker["record"]]), n):

@@ -219,6 +219,11 @@ class Lake:
         for part in parts:
             yield from self._read_file(f"{self.stage_path(run_id, stage)}/{part}", cls, batch_size)
 
+    def read_quarantine(self, run_id: str, stage: str) -> Iterator[Quarantined]:
+        """The rows a stage refused, each with its origin and reason, shard by shard."""
+        for path in sorted(self.fs.glob(f"{self.stage_path(run_id, stage)}/_quarantine/part-*.parquet")):
+            yield from self._read_file(path, Quarantined, 1024)
+
     def read_part(self, run_id: str, stage: str, shard: int, cls: type[R], batch_size: int = 1024) -> Iterator[R]:
         """One finished shard of a stage still being assembled (a part file is whole once it exists)."""
         yield from self._read_file(self.part_path(run_id, stage, shard), cls, batch_size)

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from mathfactory.tasks.core import synthesis
-from mathfactory.tasks.core.records import Problem, Quarantined, SynthOutput
+from mathfactory.tasks.core.records import Problem, SynthOutput
 from mathfactory.tasks.distill import TeacherConfig, load_templates
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.engines.toy_teacher import ToyTeacher
@@ -51,7 +51,7 @@ def gated(tmp_path_factory, shared_data):
 
 def test_each_planted_output_is_dropped_by_its_gate_with_a_reason(gated):
     lake, good, planted = gated
-    dropped = {q.origin: q.reason for q in lake.read_part(RUN, "synth_problems/_quarantine", 0, Quarantined)}
+    dropped = {q.origin: q.reason for q in lake.read_quarantine(RUN, "synth_problems")}
     assert set(dropped) == set(planted.values())
     for gate, origin in planted.items():
         assert dropped[origin].startswith(f"{gate}: "), (gate, dropped[origin])

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from mathfactory.flows.cli import app
 from mathfactory.flows.config import load_preset
-from mathfactory.tasks.core.records import Problem, Quarantined, SeedScore, SeedText, SynthOutput, TeacherCall
+from mathfactory.tasks.core.records import Problem, SeedScore, SeedText, SynthOutput, TeacherCall
 from mathfactory.tasks.gate import GATES
 from mathfactory.tasks.storage import Lake
 
@@ -45,10 +45,12 @@ def test_every_output_is_kept_or_dropped_by_one_named_gate(run):
     m = lake.marker(run_id, "synth_problems")["metrics"]
     assert set(m["dropped"]) == set(GATES)
     assert m["kept"] + sum(m["dropped"].values()) == m["written"] == lake.stages(run_id)["synth_outputs"]["rows"]
-    dropped = list(lake.read_part(run_id, "synth_problems/_quarantine", 0, Quarantined))
+    dropped = list(lake.read_quarantine(run_id, "synth_problems"))
     assert len(dropped) == sum(m["dropped"].values())
     for gate in GATES:  # the quarantine says which gate dropped each output, as the counts do
         assert sum(q.reason.startswith(f"{gate}: ") for q in dropped) == m["dropped"][gate]
+    shown = cli.invoke(app, ["show", run_id, "synth_problems", "--lake", lake.url, "--quarantine", "-n", "1000"])
+    assert shown.exit_code == 0 and all(f"{q.origin}: {q.reason}" in shown.output for q in dropped)
     assert "quality gates" in output and "cost:" in output and "teacher calls" in output
 
 
