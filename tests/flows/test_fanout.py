@@ -32,8 +32,10 @@ from mathfactory.flows.fanout import (
 from mathfactory.flows.pipeline import pipeline
 from mathfactory.flows.shard import run_shard, shard_call
 from mathfactory.tasks.core.records import Rollout, Verdict
+from mathfactory.tasks.influence import features_shard
 from mathfactory.tasks.sample import sample_shard
 from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.synthesize import synthesize_shard
 from mathfactory.tasks.verify import verify_shard
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else Ray binds the interface address, not loopback
@@ -185,6 +187,12 @@ def test_shard_call_picks_each_sharded_stages_task(tiny):
     assert task is verify_shard and args == (tiny.verify, "/lake", "tiny-1", 0)  # grading takes no seed
     with pytest.raises(ValueError, match="not sharded; sharded stages: rollouts, verdicts, credit"):
         shard_call("policy", {}, "/lake", "tiny-1", 0, 7)
+    # The synthesis stages take the synthesis config whole and hand each task its part.
+    synth = tiny.synthesis.model_dump(mode="json")
+    assert shard_call("grad_features", synth, "/lake", "tiny-1", 1, 7) == (
+        features_shard, (tiny.synthesis.influence, "compact", "/lake", "tiny-1", 1, 7))
+    assert shard_call("synth_outputs", synth, "/lake", "tiny-1", 0, 7) == (
+        synthesize_shard, (tiny.synthesis.generate, "compact", "/lake", "tiny-1", 0, 7))
 
 
 def test_the_runner_is_configured_but_is_not_part_of_the_run(tiny):
