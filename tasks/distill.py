@@ -63,7 +63,7 @@ class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     stages: list[str] | None = Field(None, description="Education stages to prompt (None: every template stage).")
-    round1_seeds: int = Field(120, ge=1, description="Round 1: seed texts sampled at random, each under every stage.")
+    round1_seeds: int = Field(200, ge=1, description="Round 1: seed texts sampled at random, each under every stage.")
     round2_samples: int = Field(2, ge=1, description="Round 2: teacher outputs per (selected text, stage).")
 
 

@@ -4,7 +4,8 @@
 Gates, cheapest first: `parse` (problem / solution / final answer sections), `answer` (a final answer is
 given), `calculator` (every <<a*b=c>> annotation is right), `decontaminate` (no 10-gram shared with GSM8K test
 or MATH500), `near_duplicate` (MinHash against the problems kept so far), `solvable` (the teacher, or the policy's
-majority answer, agrees with the stated answer; it costs model calls, so it runs last).
+majority answer, agrees with the stated answer; it costs model calls, so it runs last). With
+`solutions=teacher` only the synthesizer's problem is kept and the teacher writes the solution.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mathfactory.tasks.core import format, synthesis
 from mathfactory.tasks.core.calculator import check_annotations
 from mathfactory.tasks.core.evaluation import vote
 from mathfactory.tasks.core.gates import Decontaminator, NearDuplicates
+from mathfactory.tasks.core.grading import extract_answer
 from mathfactory.tasks.core.records import Problem, Quarantined, SynthOutput, stable_id
 from mathfactory.tasks.distill import TeacherConfig, cost, teacher
 from mathfactory.tasks.engines.base import SamplingParams
@@ -47,6 +49,10 @@ class GatesConfig(BaseModel):
     near_dup_threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity (word "
                                       "3-gram shingles) above which a problem is a near-duplicate.")
     num_perm: int = Field(64, ge=16, description="MinHash permutations.")
+    solutions: Literal["synthesizer", "teacher"] = Field(
+        "synthesizer", description="synthesizer: keep the synthesizer's own solutions (JiuZhang3.0); teacher: "
+        "keep only its problems and let the teacher solve each (the answer and calculator gates then check the "
+        "teacher's solution, and `solvable` means the teacher found an answer).")
 
 
 def test_items(cfg: GatesConfig) -> Iterator[tuple[str, str]]:
@@ -62,8 +68,10 @@ def test_items(cfg: GatesConfig) -> Iterator[tuple[str, str]]:
 
 
 def cheap_gates(outputs: Iterable[SynthOutput], contamination: Decontaminator, dups: NearDuplicates,
-                dropped: list[Quarantined]) -> Iterator[tuple[SynthOutput, synthesis.Parsed]]:
-    """The outputs that pass every gate but `solvable`; the rest go to `dropped` as `gate: reason`."""
+                dropped: list[Quarantined], own_solutions: bool = True
+                ) -> Iterator[tuple[SynthOutput, synthesis.Parsed]]:
+    """The outputs that pass every gate but `solvable`; the rest go to `dropped` as `gate: reason`. Without
+    `own_solutions` the synthesizer's solution is not looked at (the teacher will write one)."""
     def drop(o: SynthOutput, gate: str, why: str) -> None:
         dropped.append(Quarantined(STAGE, o.output_id, f"{gate}: {why}", o.completion[:200]))
 
@@ -71,9 +79,9 @@ def cheap_gates(outputs: Iterable[SynthOutput], contamination: Decontaminator, d
         parsed = synthesis.parse(o.completion)
         if isinstance(parsed, str):
             drop(o, "parse", parsed + (" (ran out of tokens)" if o.finish_reason == "length" else ""))
-        elif parsed.answer is None:
+        elif own_solutions and parsed.answer is None:
             drop(o, "answer", "no final answer")
-        elif (wrong := check_annotations(parsed.solution)[1]) > 0:
+        elif own_solutions and (wrong := check_annotations(parsed.solution)[1]) > 0:
             drop(o, "calculator", f"{wrong} calculator annotation(s) wrong")
         elif (origin := contamination.match(parsed.question)) is not None:
             drop(o, "decontaminate", f"shares a {contamination.n}-gram with {origin}")
@@ -92,10 +100,8 @@ def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
         return [None] * len(candidates), {}
     questions = [format.prompt(p.question) for _, p in candidates]
     if cfg.solvable == "teacher":
-        answers = teacher(teacher_cfg, lake).ask(questions, SamplingParams(
-            temperature=0, max_new_tokens=teacher_cfg.max_new_tokens, stop=format.STOP, seed=seed))
+        answers, spent = ask_teacher(teacher_cfg, lake, seed, questions)
         texts = [[a.completion or ""] for a in answers]
-        spent = {f"solve_{k}": v for k, v in cost(answers).items()}
     else:
         from mathfactory.tasks.engines import TransformersOptions, load_engine
         from mathfactory.tasks.storage import fetch_dir
@@ -119,6 +125,34 @@ def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
     return reasons, spent
 
 
+def ask_teacher(teacher_cfg: TeacherConfig, lake: str, seed: int, questions: list[str]) -> tuple[list, dict]:
+    """The teacher's greedy solutions (cached like every teacher call), and what they cost."""
+    answers = teacher(teacher_cfg, lake).ask(questions, SamplingParams(
+        temperature=0, max_new_tokens=teacher_cfg.max_new_tokens, stop=format.STOP, seed=seed))
+    return answers, {f"solve_{k}": v for k, v in cost(answers).items()}
+
+
+def teacher_solved(teacher_cfg: TeacherConfig, lake: str, seed: int,
+                   candidates: list[tuple[SynthOutput, synthesis.Parsed]]) -> tuple[list[synthesis.Parsed | str], dict]:
+    """solutions=teacher: each synthesized question with the teacher's worked solution, or why it has none."""
+    answers, spent = ask_teacher(teacher_cfg, lake, seed, [format.prompt(p.question) for _, p in candidates])
+    out: list[synthesis.Parsed | str] = []
+    for (_, p), a in zip(candidates, answers, strict=True):
+        text = a.completion or ""
+        answer = extract_answer(text) if a.ok else None
+        wrong = check_annotations(text)[1]
+        if not a.ok:
+            out.append(f"solvable: teacher request failed ({a.reason})")
+        elif answer is None:
+            out.append("solvable: the teacher found no answer")
+        elif wrong:
+            out.append(f"calculator: {wrong} annotation(s) wrong in the teacher's solution")
+        else:
+            steps = tuple(line.strip() for line in text.split("####")[0].splitlines() if line.strip())
+            out.append(synthesis.Parsed(p.question, steps, answer))
+    return out, spent
+
+
 @task(name="gate", cache_policy=NO_CACHE, retries=1)
 def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_id: str, seed: int) -> str:
     st = Stage(lake, run_id, STAGE, Problem, config={"gates": cfg.model_dump(mode="json"),
@@ -137,15 +171,21 @@ def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_i
             n_in += 1
             yield r
 
-    candidates = list(cheap_gates(counted(st.lake.read(run_id, OUTPUTS, SynthOutput)), contamination, dups, dropped))
-    reasons, spent = solvable(cfg, teacher_cfg, lake, seed, candidates)
+    own = cfg.solutions == "synthesizer"
+    candidates = list(cheap_gates(counted(st.lake.read(run_id, OUTPUTS, SynthOutput)), contamination, dups,
+                                  dropped, own))
+    if own:
+        reasons, spent = solvable(cfg, teacher_cfg, lake, seed, candidates)
+        results = [reason or parsed for (_, parsed), reason in zip(candidates, reasons, strict=True)]
+    else:
+        results, spent = teacher_solved(teacher_cfg, lake, seed, candidates)
     kept = []
-    for (o, parsed), reason in zip(candidates, reasons, strict=True):
-        if reason is None:
-            kept.append(Problem(stable_id("synth", parsed.question), "synth", "train", o.stage, parsed.question,
-                                parsed.solution, parsed.answer))
+    for (o, _), result in zip(candidates, results, strict=True):
+        if isinstance(result, str):
+            dropped.append(Quarantined(STAGE, o.output_id, result, o.completion[:200]))
         else:
-            dropped.append(Quarantined(STAGE, o.output_id, reason, o.completion[:200]))
+            kept.append(Problem(stable_id("synth", result.question), "synth", "train", o.stage, result.question,
+                                result.solution, result.answer))
     st.write(0, kept, dropped)
     if not kept:
         raise ValueError(f"{STAGE}: no synthesized problem passed the gates ({n_in} written; see the quarantine)")

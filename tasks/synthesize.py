@@ -30,7 +30,7 @@ class GenerateConfig(BaseModel):
     stages: list[str] | None = Field(None, description="Education stages to prompt (None: every template stage).")
     max_prompts: int | None = Field(2000, ge=1, description="Seed text x stage prompts, taken in order (None: all).")
     n: int = Field(1, ge=1, description="Outputs per prompt.")
-    temperature: float = Field(0.7, ge=0, description="Sampling temperature.")
+    temperature: float = Field(0.6, ge=0, description="Sampling temperature.")
     max_new_tokens: int = Field(384, ge=1, description="Budget per output.")
     shards: int = Field(2, ge=1, description="Independent tasks the stage is split into.")
 

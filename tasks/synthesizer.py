@@ -26,9 +26,14 @@ from mathfactory.tasks.trainer import Spec, check_size, launch, write_rows
 STAGES = {1: "synthesizer_round1", 2: "synthesizer"}
 
 
-def _tiny() -> PolicyConfig:
-    # Prompts carry the template's instructions: a larger vocabulary folds them into fewer tokens.
-    return PolicyConfig(vocab_size=1024, max_length=768, max_steps=300, batch_size=16, learning_rate=3e-3)
+class TinySynthesizer(PolicyConfig):
+    """The embedded default's synthesizer: pi_sft's architecture, sized for teacher outputs (defaults declared
+    here, so overriding one field keeps the others)."""
+
+    vocab_size: int = Field(512, ge=260, description="BPE vocabulary size (256 bytes + specials + merges).")
+    max_length: int = Field(640, ge=16, description="Tokens per row (prompt + teacher output); longer rows are "
+                                                    "truncated and lose their final answer.")
+    max_steps: int = Field(400, ge=1, description="Optimizer steps of round 1.")
 
 
 class SynthesizerConfig(BaseModel):
@@ -36,9 +41,10 @@ class SynthesizerConfig(BaseModel):
 
     base: str | None = Field(None, description="A pretrained model directory or URL to fine-tune (e.g. a 7B base, "
                              "with the SFT recipe); None: a tiny model from scratch (`tiny`).")
-    tiny: PolicyConfig = Field(default_factory=_tiny, description="The from-scratch model and its SFT (round 1).")
+    tiny: TinySynthesizer = Field(default_factory=TinySynthesizer, description="The from-scratch model and its "
+                                  "SFT (round 1).")
     trl_args: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"round2": {"num_train_epochs": 2}},
+        default_factory=lambda: {"round2": {"num_train_epochs": 1, "max_length": 640}},
         description="Per round ('round1' with `base`, 'round2'), trl.SFTConfig keywords over the SFT recipe.")
 
 

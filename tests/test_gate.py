@@ -68,3 +68,19 @@ def test_the_rest_are_kept_as_problems_and_the_counts_add_up(gated):
     m = lake.marker(RUN, "synth_problems")["metrics"]
     assert m["dropped"] == dict.fromkeys(GATES, 1) and m["kept"] == len(good) and m["written"] == len(good) + 6
     assert m["solve_teacher_calls"] == len(good) + 1  # one solve request per problem that reached the last gate
+
+
+def test_with_teacher_solutions_only_the_problem_must_be_sound(tmp_path, shared_data):
+    good = ToyTeacher(load_templates("synthesis")).answer(
+        load_templates("synthesis").render("middle_school", toy.corpus(1, 0)[0][1]), random.Random(0))
+    first = synthesis.parse(good)
+    texts = [synthesis.write(first.question, ["so 1+1=<<1+1=3>>3"], "3"),  # sound problem, its solution wrong
+             synthesis.write("How many words are in this sentence?", ["Count them."], "6")]  # not toy: unsolvable
+    lake = str(tmp_path)
+    Lake(lake).write_part(RUN, "synth_outputs", 0, SynthOutput, [output(i, t) for i, t in enumerate(texts)])
+    Lake(lake).commit(RUN, "synth_outputs", SynthOutput)
+    gate_problems.fn(GatesConfig(data_path=str(shared_data), solutions="teacher"), TeacherConfig(), lake, RUN, 0)
+    [kept] = Lake(lake).read(RUN, "synth_problems", Problem)
+    assert (kept.question, kept.solution, kept.answer) == (first.question, first.solution, first.answer)
+    [dropped] = Lake(lake).read_quarantine(RUN, "synth_problems")
+    assert dropped.origin == "out01" and dropped.reason == "solvable: the teacher found no answer"
