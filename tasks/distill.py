@@ -51,7 +51,9 @@ class TeacherConfig(BaseModel):
     engine: TeacherEngine = Field(default_factory=ToyTeacherOptions, description="toy: the built-in toy teacher; "
                                   "openai: a served model (GPT-4, `vllm serve`, SGLang); transformers/vllm: local.")
     model_dir: str | None = Field(None, description="transformers/vllm: the teacher's model directory.")
-    templates: str = Field("synthesis", description="Prompt templates: a name in tasks/prompts or a YAML path.")
+    templates: str = Field("compact", description="Prompt templates: a name in tasks/prompts (synthesis: the full "
+                           "education-stage set; compact: the same sections, terse, which the embedded default's "
+                           "tiny synthesizer learns faster) or a YAML path.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of teacher requests.")
     max_new_tokens: int = Field(512, ge=1, description="Budget per teacher output.")
     attempts: int = Field(3, ge=1, description="Tries per request (errors and unparseable outputs) before it is "

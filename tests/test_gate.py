@@ -44,7 +44,7 @@ def gated(tmp_path_factory, shared_data):
     lake = str(tmp_path_factory.mktemp("lake"))
     Lake(lake).write_part(RUN, "synth_outputs", 0, SynthOutput, [output(i, t) for i, t in enumerate(texts)])
     Lake(lake).commit(RUN, "synth_outputs", SynthOutput)
-    gate_problems.fn(GatesConfig(data_path=str(shared_data)), TeacherConfig(), lake, RUN, 0)
+    gate_problems.fn(GatesConfig(data_path=str(shared_data), solutions="synthesizer"), TeacherConfig(), lake, RUN, 0)
     out = {o: f"out{len(good) + k:02d}" for k, o in enumerate(planted)}
     return Lake(lake), good, out
 
