@@ -27,20 +27,26 @@ from mathfactory.tasks.core.gates import Decontaminator, NearDuplicates  # noqa:
 from mathfactory.tasks.core.records import SeedText, SynthOutput, stable_id  # noqa: E402
 from mathfactory.tasks.distill import check_output, load_templates, teacher  # noqa: E402
 from mathfactory.tasks.engines.base import SamplingParams  # noqa: E402
-from mathfactory.tasks.gate import GATES, cheap_gates, solvable, test_items  # noqa: E402
+from mathfactory.tasks.gate import GATES, cheap_gates, solvable, teacher_solved, test_items  # noqa: E402
 from mathfactory.tasks.storage import Lake  # noqa: E402
 from mathfactory.tasks.synthesize import STAGE as OUTPUTS  # noqa: E402
 from mathfactory.tasks.synthesize import prompts  # noqa: E402
 
 
-def gate_counts(cfg, lake: str, seed: int, outputs: list[SynthOutput]) -> dict[str, int]:
-    """How many outputs each gate dropped, and how many passed all of them ("kept")."""
+def gate_counts(cfg, lake: str, seed: int, outputs: list[SynthOutput], own: bool) -> dict[str, int]:
+    """How many outputs each gate dropped, and how many passed all of them ("kept"). `own`: the output's own
+    solution must hold up (gates.solutions=synthesizer); else the teacher solves its problem."""
     dropped = []
     candidates = list(cheap_gates(outputs, Decontaminator(test_items(cfg.gates), n=cfg.gates.ngram),
-                                  NearDuplicates(cfg.gates.near_dup_threshold, cfg.gates.num_perm), dropped))
-    reasons, _ = solvable(cfg.gates, cfg.teacher, lake, seed, candidates)
+                                  NearDuplicates(cfg.gates.near_dup_threshold, cfg.gates.num_perm), dropped, own))
+    if own:
+        reasons, _ = solvable(cfg.gates, cfg.teacher, lake, seed, candidates)
+    else:
+        reasons = [r if isinstance(r, str) else None for r in teacher_solved(cfg.teacher, lake, seed, candidates)[0]]
     counts = {g: sum(q.reason.startswith(f"{g}:") for q in dropped) for g in GATES}
-    counts["solvable"] += sum(r is not None for r in reasons)
+    for r in reasons:
+        if r is not None:
+            counts[r.split(":")[0]] += 1
     return {**counts, "kept": sum(r is None for r in reasons)}
 
 
@@ -73,21 +79,23 @@ def main() -> None:
     synth = list(lake.read(run_id, OUTPUTS, SynthOutput))
     synth_s = marker["seconds"]
     teach, teach_s = teacher_outputs(cfg, config.lake, run_id, seed)
-    rows = [("synthesizer", synth, synth_s), ("teacher", teach, teach_s)]
-    counts = {name: gate_counts(cfg, config.lake, seed, outs) for name, outs, _ in rows}
+    rows = [("synthesizer, own solutions", synth, synth_s, True),
+            ("synthesizer, teacher solves", synth, synth_s, False),
+            ("teacher", teach, teach_s, True)]
     print(f"run {run_id}: {len(synth)} prompts (seed text x stage); teacher {cfg.teacher.engine.kind}, "
           f"synthesizer on {cfg.generate.engine.kind}")
-    print(f"{'path':<12} {'outputs/s':>10} {'kept/s':>8}  " + " ".join(f"{g[:10]:>10}" for g in GATES) + "      kept")
-    for name, outs, seconds in rows:
-        c, left, cells = counts[name], len(outs), []
+    print(f"{'path':<28} {'outputs/s':>10} {'kept/s':>8}  " + " ".join(f"{g[:10]:>10}" for g in GATES) + "       kept")
+    kept = {}
+    for name, outs, seconds, own in rows:
+        c = gate_counts(cfg, config.lake, seed, outs, own)
+        left, cells, kept[name] = len(outs), [], c["kept"] / len(outs)
         for g in GATES:
             cells.append(f"{1 - c[g] / left:>10.0%}" if left else f"{'-':>10}")
             left -= c[g]
-        print(f"{name:<12} {len(outs) / seconds:>10.1f} {c['kept'] / seconds:>8.1f}  " + " ".join(cells)
+        print(f"{name:<28} {len(outs) / seconds:>10.1f} {c['kept'] / seconds:>8.1f}  " + " ".join(cells)
               + f"  {c['kept']:>4}/{len(outs)}")
-    s, t = (len(synth) / synth_s), (len(teach) / teach_s)
-    print(f"outputs/s synthesizer / teacher = {s / t:.3g}; kept share synthesizer {counts['synthesizer']['kept'] / len(synth):.0%} "
-          f"vs teacher {counts['teacher']['kept'] / len(teach):.0%} (columns: share of what reached each gate that it passed)")
+    print(f"outputs/s synthesizer / teacher = {len(synth) / synth_s / (len(teach) / teach_s):.3g}; kept share: "
+          + ", ".join(f"{k} {v:.1%}" for k, v in kept.items()) + " (columns: share of what reached each gate)")
     print(f"synthesizer decode: {marker['metrics'].get('tokens_per_s')} tokens/s")
 
 

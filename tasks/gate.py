@@ -50,7 +50,7 @@ class GatesConfig(BaseModel):
                                       "3-gram shingles) above which a problem is a near-duplicate.")
     num_perm: int = Field(64, ge=16, description="MinHash permutations.")
     # The embedded default's ~2M-parameter synthesizer, trained for minutes, writes sound problems but rarely sound
-    # arithmetic (0.35 % of its own solutions passed every gate), hence `teacher` by default here.
+    # arithmetic (0.35 % and 0 % of its own solutions passed every gate in two runs), hence `teacher` here.
     solutions: Literal["synthesizer", "teacher"] = Field(
         "teacher", description="synthesizer: keep the synthesizer's own solutions (JiuZhang3.0; use it with a "
         "capable synthesizer); teacher: keep only its problems and let the teacher solve each (the answer and "
