@@ -91,13 +91,13 @@ def cost_line(stages: dict[str, dict]) -> str | None:
     if not kd or "synth_outputs" not in stages:
         return None
     g = stages.get("synth_problems", {}).get("metrics", {})
-    calls = sum(m["teacher_calls"] for m in kd) + g.get("solve_teacher_calls", 0)
+    distil, solve = sum(m["teacher_calls"] for m in kd), g.get("solve_teacher_calls", 0)
     tokens = sum(m["prompt_tokens"] + m["completion_tokens"] for m in kd) + g.get("solve_prompt_tokens", 0) \
         + g.get("solve_completion_tokens", 0)
     out = stages["synth_outputs"]
-    return (f"cost: {calls:,} teacher calls ({tokens:,} tokens, {sum(m['cached'] for m in kd):,} answered from "
-            f"cache) taught a synthesizer that wrote {out['rows']:,} problems ({out['metrics'].get('tokens', 0):,} "
-            f"tokens); {g.get('kept', 0):,} passed the gates")
+    return (f"cost: {distil + solve:,} teacher calls ({distil:,} to distil, {solve:,} to solve; {tokens:,} tokens; "
+            f"{sum(m['cached'] for m in kd):,} more answered from cache); the synthesizer wrote {out['rows']:,} "
+            f"problems ({out['metrics'].get('tokens', 0):,} tokens); {g.get('kept', 0):,} passed the gates")
 
 
 def _with_ci(rate: float | None, ci: list[float] | None) -> str:
