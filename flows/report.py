@@ -62,7 +62,8 @@ def synthesis_tables(stages: dict[str, dict]) -> Tables:
     """What each quality gate dropped, which seed texts influence chose, and what the synthesis path cost."""
     g = stages["synth_problems"]["metrics"]
     left, rows = g["written"], []
-    for gate, dropped in g["dropped"].items():
+    for gate in g.get("gate_order", g["dropped"]):
+        dropped = g["dropped"][gate]
         rows.append([gate, str(left), str(dropped), f"{1 - dropped / left:.0%}" if left else "-"])
         left -= dropped
     out: Tables = [(f"quality gates: {g['kept']} of {g['written']} synthesized problems kept",

@@ -192,5 +192,7 @@ def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_i
     if not kept:
         raise ValueError(f"{STAGE}: no synthesized problem passed the gates ({n_in} written; see the quarantine)")
     counts = {g: sum(q.reason.startswith(f"{g}:") for q in dropped) for g in GATES}
-    return st.commit(written=n_in, kept=len(kept), dropped=counts, gate_seconds=round(time.perf_counter() - t0, 2),
+    # The order outputs met the gates in: with teacher solutions, the teacher's solution is checked last.
+    order = GATES if own else ("parse", "decontaminate", "near_duplicate", "solvable", "answer", "calculator")
+    return st.commit(written=n_in, kept=len(kept), dropped=counts, gate_order=list(order), gate_seconds=round(time.perf_counter() - t0, 2),
                      **spent)

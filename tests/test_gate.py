@@ -84,3 +84,5 @@ def test_with_teacher_solutions_only_the_problem_must_be_sound(tmp_path, shared_
     assert (kept.question, kept.solution, kept.answer) == (first.question, first.solution, first.answer)
     [dropped] = Lake(lake).read_quarantine(RUN, "synth_problems")
     assert dropped.origin == "out01" and dropped.reason == "solvable: the teacher found no answer"
+    order = Lake(lake).marker(RUN, "synth_problems")["metrics"]["gate_order"]
+    assert order.index("solvable") < order.index("calculator")  # the teacher's solution is checked after it

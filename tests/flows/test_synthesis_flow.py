@@ -43,7 +43,7 @@ def test_the_train_problems_are_the_ones_the_trained_synthesizer_wrote_and_the_g
 def test_every_output_is_kept_or_dropped_by_one_named_gate(run):
     _, lake, run_id, output = run
     m = lake.marker(run_id, "synth_problems")["metrics"]
-    assert set(m["dropped"]) == set(GATES)
+    assert set(m["dropped"]) == set(GATES) and m["gate_order"] == list(GATES)
     assert m["kept"] + sum(m["dropped"].values()) == m["written"] == lake.stages(run_id)["synth_outputs"]["rows"]
     dropped = list(lake.read_quarantine(run_id, "synth_problems"))
     assert len(dropped) == sum(m["dropped"].values())
