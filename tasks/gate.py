@@ -42,6 +42,7 @@ class GatesConfig(BaseModel):
         "`solver_model`, or nobody.")
     solver_model: str | None = Field(None, description="solvable=policy: a policy model directory or URL.")
     solver_k: int = Field(4, ge=1, description="solvable=policy: samples per problem for the majority vote.")
+    solver_max_new_tokens: int = Field(320, ge=1, description="solvable=policy: budget per sampled solution.")
     decontaminate: list[Literal["gsm8k", "math500"]] = Field(["gsm8k", "math500"], description="Test sets no "
                                                              "synthesized problem may share an n-gram with.")
     data_path: str | None = Field(None, description="Folder holding gsm8k/ and math500/ (None: ../shared/data).")
@@ -111,7 +112,8 @@ def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
         if not cfg.solver_model:
             raise ValueError("gates.solvable=policy needs gates.solver_model (a policy model directory)")
         engine = load_engine(TransformersOptions(), fetch_dir(cfg.solver_model), seed)
-        params = SamplingParams(n=cfg.solver_k, temperature=0.8, max_new_tokens=384, stop=format.STOP, seed=seed)
+        params = SamplingParams(n=cfg.solver_k, temperature=0.8, max_new_tokens=cfg.solver_max_new_tokens,
+                                stop=format.STOP, seed=seed)
         texts = [[c.text for c in cs] for cs in engine.generate(questions, params)]
         answers, spent = None, {}
     reasons: list[str | None] = []
