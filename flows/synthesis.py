@@ -31,14 +31,17 @@ def synthesis(config: SynthesisConfig, lake: str, run_id: str, seed: int,
     runner = runner or RunnerConfig()
     templates = config.teacher.templates
     uris = {SEEDS: make_seeds(config.seeds, lake, run_id, seed)}
-    for round in (1, 2):
-        if round == 2:
-            started = time.time()
-            shards = run_sharded(runner, FEATURES, config, lake, run_id, config.influence.shards, seed)
-            uris[FEATURES] = commit_features(config.influence, templates, lake, run_id, shards, started)
-            uris[INFLUENCE] = score_seeds(config.influence, lake, run_id)
-        uris[kd_stage(round)] = distill(config.distill, config.teacher, lake, run_id, round, seed)
-        uris[SYNTHESIZER[round]] = fit_synthesizer(config.synthesizer, lake, run_id, round, seed)
+    uris[kd_stage(1)] = distill(config.distill, config.teacher, lake, run_id, 1, seed)
+    uris[SYNTHESIZER[1]] = fit_synthesizer(config.synthesizer, lake, run_id, 1, seed)
+
+    started = time.time()
+    shards = run_sharded(runner, FEATURES, config, lake, run_id, config.influence.shards, seed)
+    uris[FEATURES] = commit_features(config.influence, templates, lake, run_id, shards, started)
+    uris[INFLUENCE] = score_seeds(config.influence, lake, run_id)
+
+    uris[kd_stage(2)] = distill(config.distill, config.teacher, lake, run_id, 2, seed)
+    uris[SYNTHESIZER[2]] = fit_synthesizer(config.synthesizer, lake, run_id, 2, seed)
+
     started = time.time()
     shards = run_sharded(runner, OUTPUTS, config, lake, run_id, config.generate.shards, seed)
     uris[OUTPUTS] = commit_outputs(config.generate, templates, lake, run_id, shards, started)

@@ -217,6 +217,5 @@ class Quarantined:
 
 
 RECORDS = {cls.__name__: cls for cls in (Problem, Rollout, Verdict, StepCredit, StepwiseExample, SFTExample,
-                                         PreferencePair, EvalResult, SeedText, TeacherCall, GradFeature,
-                                         SeedScore,
+                                         PreferencePair, EvalResult, SeedText, TeacherCall, GradFeature, SeedScore,
                                          SynthOutput, Quarantined)}
