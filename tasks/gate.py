@@ -196,5 +196,5 @@ def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_i
     counts = {g: sum(q.reason.startswith(f"{g}:") for q in dropped) for g in GATES}
     # The order outputs met the gates in: with teacher solutions, the teacher's solution is checked last.
     order = GATES if own else ("parse", "decontaminate", "near_duplicate", "solvable", "answer", "calculator")
-    return st.commit(written=n_in, kept=len(kept), dropped=counts, gate_order=list(order), gate_seconds=round(time.perf_counter() - t0, 2),
-                     **spent)
+    return st.commit(written=n_in, kept=len(kept), dropped=counts, gate_order=list(order),
+                     gate_seconds=round(time.perf_counter() - t0, 2), **spent)
