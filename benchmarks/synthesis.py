@@ -23,11 +23,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from mathfactory.flows.config import load_preset  # noqa: E402
 from mathfactory.flows.synthesis import synthesis  # noqa: E402
-from mathfactory.tasks.core.gates import Decontaminator, NearDuplicates  # noqa: E402
 from mathfactory.tasks.core.records import SeedText, SynthOutput, stable_id  # noqa: E402
 from mathfactory.tasks.distill import check_output, load_templates, teacher  # noqa: E402
 from mathfactory.tasks.engines.base import SamplingParams  # noqa: E402
-from mathfactory.tasks.gate import GATES, cheap_gates, solvable, teacher_solved, test_items  # noqa: E402
+from mathfactory.tasks.gate import GATES, apply_gates  # noqa: E402
 from mathfactory.tasks.storage import Lake  # noqa: E402
 from mathfactory.tasks.synthesize import STAGE as OUTPUTS  # noqa: E402
 from mathfactory.tasks.synthesize import prompts  # noqa: E402
@@ -36,18 +35,9 @@ from mathfactory.tasks.synthesize import prompts  # noqa: E402
 def gate_counts(cfg, lake: str, seed: int, outputs: list[SynthOutput], own: bool) -> dict[str, int]:
     """How many outputs each gate dropped, and how many passed all of them ("kept"). `own`: the output's own
     solution must hold up (gates.solutions=synthesizer); else the teacher solves its problem."""
-    dropped = []
-    candidates = list(cheap_gates(outputs, Decontaminator(test_items(cfg.gates), n=cfg.gates.ngram),
-                                  NearDuplicates(cfg.gates.near_dup_threshold, cfg.gates.num_perm), dropped, own))
-    if own:
-        reasons, _ = solvable(cfg.gates, cfg.teacher, lake, seed, candidates)
-    else:
-        reasons = [r if isinstance(r, str) else None for r in teacher_solved(cfg.teacher, lake, seed, candidates)[0]]
-    counts = {g: sum(q.reason.startswith(f"{g}:") for q in dropped) for g in GATES}
-    for r in reasons:
-        if r is not None:
-            counts[r.split(":")[0]] += 1
-    return {**counts, "kept": sum(r is None for r in reasons)}
+    gates = cfg.gates.model_copy(update={"solutions": "synthesizer" if own else "teacher"})
+    _, _, summary = apply_gates(gates, cfg.teacher, lake, seed, outputs)
+    return {**summary["dropped"], "kept": summary["kept"]}
 
 
 def teacher_outputs(cfg, lake: str, run_id: str, seed: int) -> tuple[list[SynthOutput], float]:

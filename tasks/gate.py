@@ -157,27 +157,16 @@ def teacher_solved(teacher_cfg: TeacherConfig, lake: str, seed: int,
     return out, spent
 
 
-@task(name="gate", cache_policy=NO_CACHE, retries=1)
-def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_id: str, seed: int) -> str:
-    st = Stage(lake, run_id, STAGE, Problem, config={"gates": cfg.model_dump(mode="json"),
-                                                     "teacher": teacher_cfg.model_dump(mode="json")})
-    if st.done:
-        return st.uri
-    t0 = time.perf_counter()
+def apply_gates(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int, outputs: Iterable[SynthOutput]
+                ) -> tuple[list[Problem], list[Quarantined], dict]:
+    """Every gate, in order, over `outputs`: the problems kept, the outputs dropped (as `gate: reason`), and the
+    summary a marker records (counts per gate in the order met, what solving cost)."""
     contamination = Decontaminator(test_items(cfg), n=cfg.ngram)
     dups = NearDuplicates(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
+    outputs = list(outputs)
     dropped: list[Quarantined] = []
-    n_in = 0
-
-    def counted(rows: Iterable[SynthOutput]) -> Iterator[SynthOutput]:
-        nonlocal n_in
-        for r in rows:
-            n_in += 1
-            yield r
-
     own = cfg.solutions == "synthesizer"
-    candidates = list(cheap_gates(counted(st.lake.read(run_id, OUTPUTS, SynthOutput)), contamination, dups,
-                                  dropped, own))
+    candidates = list(cheap_gates(outputs, contamination, dups, dropped, own))
     if own:
         reasons, spent = solvable(cfg, teacher_cfg, lake, seed, candidates)
         results = [reason or parsed for (_, parsed), reason in zip(candidates, reasons, strict=True)]
@@ -190,11 +179,23 @@ def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_i
         else:
             kept.append(Problem(stable_id("synth", result.question), "synth", "train", o.stage, result.question,
                                 result.solution, result.answer))
-    st.write(0, kept, dropped)
-    if not kept:
-        raise ValueError(f"{STAGE}: no synthesized problem passed the gates ({n_in} written; see the quarantine)")
     counts = {g: sum(q.reason.startswith(f"{g}:") for q in dropped) for g in GATES}
     # The order outputs met the gates in: with teacher solutions, the teacher's solution is checked last.
     order = GATES if own else ("parse", "decontaminate", "near_duplicate", "solvable", "answer", "calculator")
-    return st.commit(written=n_in, kept=len(kept), dropped=counts, gate_order=list(order),
-                     gate_seconds=round(time.perf_counter() - t0, 2), **spent)
+    return kept, dropped, {"written": len(outputs), "kept": len(kept), "dropped": counts,
+                           "gate_order": list(order), **spent}
+
+
+@task(name="gate", cache_policy=NO_CACHE, retries=1)
+def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_id: str, seed: int) -> str:
+    st = Stage(lake, run_id, STAGE, Problem, config={"gates": cfg.model_dump(mode="json"),
+                                                     "teacher": teacher_cfg.model_dump(mode="json")})
+    if st.done:
+        return st.uri
+    t0 = time.perf_counter()
+    kept, dropped, summary = apply_gates(cfg, teacher_cfg, lake, seed, st.lake.read(run_id, OUTPUTS, SynthOutput))
+    st.write(0, kept, dropped)
+    if not kept:
+        raise ValueError(f"{STAGE}: no synthesized problem passed the gates ({summary['written']} written; see "
+                         "the quarantine)")
+    return st.commit(**summary, gate_seconds=round(time.perf_counter() - t0, 2))

@@ -60,11 +60,16 @@ def reference_row(templates: synthesis.Templates, p: Problem) -> dict[str, str]:
     return {"prompt": templates.render(stage, ""), "completion": synthesis.write(p.question, steps, answer)}
 
 
+def features_stage(cfg: InfluenceConfig, templates: str, lake: str, run_id: str) -> Stage:
+    return Stage(lake, run_id, FEATURES, GradFeature, config={"influence": cfg.model_dump(mode="json"),
+                                                              "templates": templates})
+
+
 @task(name="grad-features-shard", cache_policy=NO_CACHE, retries=1)
 def features_shard(cfg: InfluenceConfig, templates: str, lake: str, run_id: str, shard: int, seed: int) -> dict:
     from mathfactory.tasks.models.influence import gradient_features  # torch loads in the shard only
 
-    st = Stage(lake, run_id, FEATURES, GradFeature, config={"influence": cfg.model_dump(mode="json"), "templates": templates})
+    st = features_stage(cfg, templates, lake, run_id)
     if st.done:
         return {"shard": shard, "skipped": True}
     if st.has_shard(shard):
@@ -85,7 +90,7 @@ def features_shard(cfg: InfluenceConfig, templates: str, lake: str, run_id: str,
 @task(name="grad-features", cache_policy=NO_CACHE)
 def commit_features(cfg: InfluenceConfig, templates: str, lake: str, run_id: str, shards: list[dict],
                     started: float) -> str:
-    st = Stage(lake, run_id, FEATURES, GradFeature, config={"influence": cfg.model_dump(mode="json"), "templates": templates})
+    st = features_stage(cfg, templates, lake, run_id)
     if st.done:
         return st.uri
     busy = sum(s.get("seconds", 0) for s in shards)

@@ -46,9 +46,14 @@ def prompts(cfg: GenerateConfig, stages: list[str], seeds: Iterator[SeedText]) -
             yield s, stage
 
 
+def outputs_stage(cfg: GenerateConfig, templates: str, lake: str, run_id: str) -> Stage:
+    return Stage(lake, run_id, STAGE, SynthOutput, config={"generate": cfg.model_dump(mode="json"),
+                                                           "templates": templates})
+
+
 @task(name="synthesize-shard", cache_policy=NO_CACHE, retries=2)
 def synthesize_shard(cfg: GenerateConfig, templates: str, lake: str, run_id: str, shard: int, seed: int) -> dict:
-    st = Stage(lake, run_id, STAGE, SynthOutput, config={"generate": cfg.model_dump(mode="json"), "templates": templates})
+    st = outputs_stage(cfg, templates, lake, run_id)
     if st.done:
         return {"shard": shard, "skipped": True}
     if st.has_shard(shard):
@@ -84,7 +89,7 @@ def synthesize_shard(cfg: GenerateConfig, templates: str, lake: str, run_id: str
 @task(name="synth-outputs", cache_policy=NO_CACHE)
 def commit_outputs(cfg: GenerateConfig, templates: str, lake: str, run_id: str, shards: list[dict],
                    started: float) -> str:
-    st = Stage(lake, run_id, STAGE, SynthOutput, config={"generate": cfg.model_dump(mode="json"), "templates": templates})
+    st = outputs_stage(cfg, templates, lake, run_id)
     if st.done:
         return st.uri
     return st.commit(started, **token_rate([s for s in shards if not s.get("skipped")]))
