@@ -6,7 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
-from typing import Any, Literal
+import time
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -14,7 +16,10 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.flows.shard import shard_call
+from mathfactory.tasks.stage import logger
 from mathfactory.tasks.storage import SECRET_ENV, Lake
+
+T = TypeVar("T")
 
 
 class RunnerConfig(BaseModel):
@@ -147,4 +152,21 @@ def run_sharded(runner: RunnerConfig, stage: str, config: BaseModel, lake: str, 
         lake = os.path.abspath(lake)  # Ray workers and deployment runs have other working directories
     subflow = fan_out.with_options(task_runner=task_runner(runner, shards),
                                    flow_run_name=f"{run_id}-{stage}-{runner.kind}")
-    return subflow(stage, config.model_dump(mode="json"), lake, run_id, shards, seed, runner)
+    call = lambda: subflow(stage, config.model_dump(mode="json"), lake, run_id, shards, seed, runner)  # noqa: E731
+    return retry_connect(call, RAY_CONNECT_ATTEMPTS if runner.kind == "ray" else 1, f"{stage} on {runner.address}")
+
+
+# A Ray client's connect can fail while the head is busy (its per-client server does not come up in time);
+# shards that landed are kept by every shard task, so connecting again and re-running the fan-out is safe.
+RAY_CONNECT_ATTEMPTS = 3
+
+
+def retry_connect(call: Callable[[], T], attempts: int, what: str, wait_s: float = 5.0) -> T:
+    for attempt in range(1, attempts):
+        try:
+            return call()
+        except ConnectionError as e:
+            logger().warning(f"{what}: connecting failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             f"attempt {attempt + 1} of {attempts} in {wait_s * attempt:.0f} s")
+            time.sleep(wait_s * attempt)
+    return call()

@@ -26,6 +26,7 @@ from mathfactory.flows.fanout import (
     RunnerConfig,
     idempotency_key,
     ray_runtime_env,
+    retry_connect,
     shard_parameters,
     shard_run,
 )
@@ -97,11 +98,12 @@ def lake_path(tmp_path_factory) -> Path:
 def run_and_move_aside(cfg, lake_path: Path, kind: str) -> tuple[list[Rollout], list[Verdict], float]:
     cfg = cfg.model_copy(update={"lake": str(lake_path)})
     t0 = time.perf_counter()
-    run_id = pipeline(config=cfg)["run_id"]
-    seconds = time.perf_counter() - t0
-    found = rows(cfg.lake, run_id)
-    lake_path.rename(lake_path.with_name(f"lake-{kind}"))
-    return *found, seconds
+    try:
+        run_id = pipeline(config=cfg)["run_id"]
+        seconds = time.perf_counter() - t0
+        return *rows(cfg.lake, run_id), seconds
+    finally:  # even after a failure, so the next runner starts from an empty lake
+        lake_path.rename(lake_path.with_name(f"lake-{kind}"))
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,11 @@ def ray_head():
 def test_ray_runner_gives_the_local_runners_rows(prefect_api, tiny, lake_path, local_run, ray_head):
     address, temp = ray_head
     ray = RunnerConfig(kind="ray", address=address, ray_options={"num_cpus": 1})
-    rollouts, verdicts, seconds = run_and_move_aside(tiny.model_copy(update={"runner": ray}), lake_path, "ray")
+    try:
+        rollouts, verdicts, seconds = run_and_move_aside(tiny.model_copy(update={"runner": ray}), lake_path, "ray")
+    except Exception as e:  # the head's logs go before its temp dir does
+        logs = {p.name: p.read_text(errors="replace")[-1500:] for p in temp.glob("session_*/logs/ray_client_server*")}
+        raise AssertionError(f"the Ray run failed; the head's client-server logs: {logs}") from e
     print(f"\ntiny pipeline: local {local_run[2]:.1f} s, ray {seconds:.1f} s")
     assert len(rollouts) == len(verdicts) == 2 * 2 * 6
     assert rollouts == local_run[0]
@@ -203,6 +209,28 @@ def test_the_runner_is_configured_but_is_not_part_of_the_run(tiny):
         RunnerConfig(kind="dask")
     with pytest.raises(ValidationError):
         RunnerConfig(adress="ray://head:10001")
+
+
+def test_a_failed_connect_is_retried_a_bounded_number_of_times():
+    calls = []
+
+    def connect_fails(times: int):
+        def call():
+            calls.append(1)
+            if len(calls) <= times:
+                raise ConnectionAbortedError("Initialization failure from server:\nStarting Ray client server failed")
+            return ["shard summaries"]
+        return call
+
+    assert retry_connect(connect_fails(2), 3, "credit", wait_s=0) == ["shard summaries"] and len(calls) == 3
+    calls.clear()
+    with pytest.raises(ConnectionAbortedError):
+        retry_connect(connect_fails(3), 3, "credit", wait_s=0)
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(ValueError):  # only connection failures are retried
+        retry_connect(lambda: calls.append(1) or int("x"), 3, "credit", wait_s=0)
+    assert len(calls) == 1
 
 
 def test_ray_workers_get_this_api_and_the_users_runtime_env(prefect_api, monkeypatch):
