@@ -107,10 +107,9 @@ class Teacher:
         # Each prompt's seed depends on the prompt alone (and its repeats), not on the batch around it.
         requests = [(p, s, request_key(self.model, p, replace(params, seed=s)))
                     for p, s in zip(prompts, request_seeds(prompts, params.seed), strict=True)]
-        stored = self.cache.keys()
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="teacher") as pool:
             futures: list[Future[Answer]] = [
-                pool.submit(self._ask_one, prompt, replace(params, seed=seed), key, key in stored)
+                pool.submit(self._ask_one, prompt, replace(params, seed=seed), key)
                 for prompt, seed, key in requests
             ]
             try:
@@ -124,13 +123,14 @@ class Teacher:
                 raise error
         return [future.result() for future in futures]
 
-    def _ask_one(self, prompt: str, params: SamplingParams, key: str, stored: bool) -> Answer:
-        if stored:
-            hit = self.cache.get(key)
-            if hit is not None:
-                self._count(cached=1)
-                return Answer(key, hit["completion"], True, "ok", hit["attempts"], True, hit["prompt_tokens"],
-                              hit["completion_tokens"])
+    def _ask_one(self, prompt: str, params: SamplingParams, key: str) -> Answer:
+        # One read per prompt, in the pool with the requests: linear in the batch, whatever the cache holds
+        # (listing a million-entry cache per batch is not).
+        hit = self.cache.get(key)
+        if hit is not None:
+            self._count(cached=1)
+            return Answer(key, hit["completion"], True, "ok", hit["attempts"], True, hit["prompt_tokens"],
+                          hit["completion_tokens"])
         reason, rejected, prompt_tokens, completion_tokens = "", 0, 0, 0
         for attempt in range(1, self.attempts + 1):
             seed = params.seed if rejected == 0 else retry_seed(params.seed, rejected)
