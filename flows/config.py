@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mathfactory.flows.fanout import RunnerConfig
 from mathfactory.tasks.core.records import stable_id
@@ -47,6 +47,14 @@ class FactoryConfig(BaseModel):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where shards of sharded stages run; "
                                  "like the lake, not part of a run's identity.")
+
+    @model_validator(mode="after")
+    def _train_split_or_a_model(self) -> FactoryConfig:
+        if self.problems.source == "math500" and not self.policy.pretrained:
+            raise ValueError("MATH500 is a test set with no train split, so no policy can be trained on it: set "
+                             "policy.pretrained to evaluate an existing model on it, or use problems.test_source="
+                             "math500 with source=synthesizer")
+        return self
 
     def config_hash(self) -> str:
         """Hash of everything that decides the data (the lake's location, where shards run, and the synthesis

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mathfactory.tasks.core import format
 from mathfactory.tasks.core.records import Problem
 from mathfactory.tasks.stage import Stage
-from mathfactory.tasks.storage import Lake, fetch_dir
+from mathfactory.tasks.storage import DataError, Lake, fetch_dir
 from mathfactory.tasks.trainer import Spec, launch, write_rows
 
 STAGE = "policy"
@@ -85,7 +85,7 @@ def fit_policy(cfg: PolicyConfig, lake: str, run_id: str) -> str:
     if st.done:
         return st.uri
     if cfg.pretrained:  # referenced, not copied: a 7B checkpoint per nightly run would be waste
-        fetch_dir(cfg.pretrained)  # fail here, not in sampling, if it is not there
+        check_model_dir(fetch_dir(cfg.pretrained), "policy.pretrained", cfg.pretrained)  # here, not in sampling
         return st.commit(pretrained=cfg.pretrained)
     problems = [p for p in st.lake.read(run_id, "problems", Problem) if p.split == "train"]
     with tempfile.TemporaryDirectory(prefix="mathfactory-policy-") as tmp:
@@ -96,6 +96,16 @@ def fit_policy(cfg: PolicyConfig, lake: str, run_id: str) -> str:
         metrics = launch(spec)
         st.lake.put_dir(spec.out_dir, run_id, STAGE)
     return st.commit(**metrics)
+
+
+def check_model_dir(path: Path, field: str, url: str) -> None:
+    """A Hugging Face model directory has its config and a tokenizer; say which is missing, not a loader's trace."""
+    wanted = [["config.json"], ["tokenizer.json", "tokenizer_config.json"]]
+    missing = [" or ".join(names) for names in wanted if not any((path / n).is_file() for n in names)]
+    if missing:
+        below = sorted(d.name for d in path.iterdir() if (d / "config.json").is_file()) if path.is_dir() else []
+        hint = f"; a model is one level down, in: {', '.join(below)}" if below else ""
+        raise DataError(f"{field}: {url} is not a model directory (missing: {'; '.join(missing)}){hint}")
 
 
 def _pretrained(lk: Lake, run_id: str) -> str | None:

@@ -45,3 +45,9 @@ def test_bad_date_and_preset_are_named():
         FactoryConfig().run_id("11/24/2026")
     with pytest.raises(ConfigError, match="unknown preset 'gsm9k'"):
         load_preset("gsm9k")
+
+
+def test_math500_without_a_model_to_evaluate_is_refused_up_front():
+    with pytest.raises(ConfigError, match="no train split.*policy.pretrained"):
+        load_preset("toy", ["problems.source=math500"])
+    assert load_preset("toy", ["problems.source=math500", "policy.pretrained=/models/qwen"]).policy.pretrained

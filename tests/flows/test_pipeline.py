@@ -1,6 +1,8 @@
 """The pipeline flow under Prefect's own engine (a test harness API), on a tiny config in a local lake,
 driven through the `mathfactory` CLI as a user would."""
 
+import importlib
+import itertools
 import json
 import re
 import shutil
@@ -93,6 +95,37 @@ def test_seed_files_and_a_pretrained_policy(run, tmp_path):
     assert stages["problems"]["rows"] == 5 and stages["problems"]["quarantined"] == 1
     assert stages["policy"]["metrics"]["pretrained"] == str(trained)
     assert stages["verdicts"]["rows"] == 5 * nightly.sample.n  # only the train split exists
+
+
+@pytest.mark.parametrize("source", ["gsm8k", "math500"])
+def test_the_real_test_sets_flow_through_every_stage(run, shared_data, source):
+    """GSM8K (both splits) and MATH500 (a test set: evaluated, not trained on) from ../shared/data, sampled by the
+    tiny run's policy. It solves none of them; what is checked is that every row gets through, graded against the
+    data set's own answer, and evaluated by the data set's own stages (GSM8K step counts, MATH levels/subjects)."""
+    cfg, _ = run
+    trained = str(Lake(cfg.lake).local_dir(cfg.run_id(), "policy"))
+    real = cfg.model_copy(update={
+        "problems": cfg.problems.model_copy(update={"source": source, "path": str(shared_data / source),
+                                                    "n_train": 4, "n_test": 8}),
+        "policy": cfg.policy.model_copy(update={"pretrained": trained}),
+    })
+    run_id = pipeline(config=real)["run_id"]
+    lake = Lake(cfg.lake)
+    domain = importlib.import_module(f"mathfactory.tasks.domains.{source}")
+    splits = ["train", "test"] if source == "gsm8k" else ["test"]
+    expected = {s: list(itertools.islice(domain.load(s, str(shared_data / source)), 4 if s == "train" else 8))
+                for s in splits}
+    problems = {p.problem_id: p for p in lake.read(run_id, "problems", Problem)}
+    assert set(problems) == {p.problem_id for rows in expected.values() for p in rows}
+
+    verdicts = list(lake.read(run_id, "verdicts", Verdict))
+    sampled = sum(min(len(rows), cfg.sample.problems_per_split) for rows in expected.values())
+    assert len(verdicts) == sampled * cfg.sample.n and all(v.reason in REASONS for v in verdicts)
+    assert all(v.gold == problems[v.problem_id].answer for v in verdicts)
+
+    evaluated = lake.stages(run_id)["eval_sft"]["metrics"]
+    assert evaluated["n"] == 8 and set(evaluated["by_stage"]) == {p.stage for p in expected["test"]}
+    assert sum(b["n"] for b in evaluated["by_stage"].values()) == 8
 
 
 METHODS = ["rft", "af_rft", "dpo", "step_dpo", "edit_dpo"]
