@@ -2,7 +2,8 @@
 
 import pytest
 
-from mathfactory.flows.config import ConfigError, FactoryConfig, load_preset, preset_names
+from mathfactory.flows.config import PRESETS, ConfigError, FactoryConfig, load_preset, preset_names
+from mathfactory.tasks.distill import load_templates
 from mathfactory.tasks.engines import OpenAIOptions, TransformersOptions, VLLMOptions
 
 
@@ -51,3 +52,16 @@ def test_math500_without_a_model_to_evaluate_is_refused_up_front():
     with pytest.raises(ConfigError, match="no train split.*policy.pretrained"):
         load_preset("toy", ["problems.source=math500"])
     assert load_preset("toy", ["problems.source=math500", "policy.pretrained=/models/qwen"]).policy.pretrained
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math"])
+def test_the_real_scale_presets_load_and_say_what_the_user_brings(name):
+    cfg = load_preset(name)
+    assert name in preset_names() and cfg.name == name
+    assert {cfg.sample.engine.kind, cfg.credit.engine.kind, cfg.evaluate.engine.kind} == {"vllm"}
+    assert cfg.runner.kind == "deployment" and cfg.problems.n_train is None and cfg.sample.problems_per_split is None
+    assert "--set policy.pretrained=" in (PRESETS / f"{name}.yaml").read_text()  # its run command names the model
+    if name == "math":  # the JiuZhang3.0 setting: a served teacher, the full prompts, MATH500 as the test set
+        assert cfg.problems.test_source == "math500" and cfg.synthesis.teacher.engine.kind == "openai"
+        assert set(load_templates(cfg.synthesis.teacher.templates).stages) == {
+            "grade_school", "middle_school", "high_school", "college", "competition"}
