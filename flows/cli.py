@@ -160,9 +160,9 @@ def deploy(gpus: Annotated[int, typer.Option(min=0, help="GPUs in the cluster: s
            nightly_policy: Annotated[str | None, typer.Option(envvar="MATHFACTORY_NIGHTLY_POLICY",
                                                               help="Model directory (path or URL) the nightly "
                                                                    "refresh samples with.")] = None,
-           crash_after: Annotated[float | None, typer.Option(min=60, help="Seconds without a heartbeat before a "
+           crash_after: Annotated[float | None, typer.Option(min=90, help="Seconds without a heartbeat before a "
                                                              "flow run is marked Crashed (infra/automations.yaml: "
-                                                             "150).")] = None):
+                                                             "150; at least 3 heartbeats).")] = None):
     """Create or update the work pools, the gpu limit, the automations of infra/automations.yaml and the
     deployments of infra/prefect.yaml on the Prefect API in PREFECT_API_URL. Safe to rerun."""
     from mathfactory.flows import deploy as dep
