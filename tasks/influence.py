@@ -27,6 +27,7 @@ from mathfactory.tasks.stage import Stage
 from mathfactory.tasks.synthesizer import synthesizer_dir
 
 FEATURES, STAGE = "grad_features", "influence"
+PREVIEW = 160  # characters of a seed text kept beside its score
 
 
 class InfluenceConfig(BaseModel):
@@ -116,8 +117,8 @@ def score_seeds(cfg: InfluenceConfig, lake: str, run_id: str) -> str:
                               np.asarray(reference, dtype=np.float32))
     ranked = select_top({k: s for k, (s, _) in scores.items()}, 1.0)
     chosen = set(select_top({k: s for k, (s, _) in scores.items()}, cfg.fraction))
-    kinds = {s.seed_id: s.kind for s in st.lake.read(run_id, "seeds", SeedText)}
-    rows = [SeedScore(k, kinds.get(k, ""), float(scores[k][0]), scores[k][1], rank, k in chosen)
+    seeds = {s.seed_id: s for s in st.lake.read(run_id, "seeds", SeedText) if s.seed_id in scores}
+    rows = [SeedScore(k, seeds[k].kind, float(scores[k][0]), scores[k][1], rank, k in chosen, seeds[k].text[:PREVIEW])
             for rank, k in enumerate(ranked)]
     st.write(0, rows)
     by_kind: dict[str, list[float]] = defaultdict(list)

@@ -231,7 +231,14 @@ class Lake:
     def _read_file(self, path: str, cls: type[R], batch_size: int) -> Iterator[R]:
         names = arrow_schema(cls).names
         with self.fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=names):
+            file = pq.ParquetFile(f)
+            missing = [n for n in names if n not in file.schema_arrow.names]
+            if missing:  # pyarrow would skip them silently, and the record would fail with a bare TypeError
+                written = (file.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
+                raise DataError(f"{path}: no column {', '.join(missing)} for {cls.__name__}: written by another "
+                                f"version of mathfactory (schema {written}, this one reads {SCHEMA_VERSION}); "
+                                "rerun the stage into a new lake or run id")
+            for batch in file.iter_batches(batch_size=batch_size, columns=names):
                 for row in batch.to_pylist():
                     yield cls(**row)
 

@@ -1,4 +1,5 @@
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mathfactory.tasks.core.records import EvalResult, Problem, StepwiseExample, Verdict
@@ -37,6 +38,20 @@ def test_schema_is_derived_from_the_declaration():
     schema = arrow_schema(Verdict)
     assert schema.names == [f for f in Verdict.__dataclass_fields__]
     assert schema.field("predicted").nullable and not schema.field("correct").nullable
+
+
+def test_a_file_written_before_a_column_was_added_is_named_with_the_column(lake):
+    """A record that gains a field (SeedScore.preview, schema 2) cannot be read from an older lake's files: the
+    error says which file, which column and which versions, instead of a dataclass TypeError."""
+    lake.write_part("run", "verdicts", 0, Verdict, [])
+    old = arrow_schema(Verdict)
+    old = pa.schema([f for f in old if f.name != "predicted"], metadata={"schema_version": "1"})
+    with lake.fs.open(lake.part_path("run", "verdicts", 0), "wb") as f:
+        pq.write_table(pa.table({n: [] for n in old.names}, schema=old), f)
+    lake.commit("run", "verdicts", Verdict)
+    with pytest.raises(DataError, match=r"part-00000.parquet: no column predicted for Verdict: written by another "
+                                        r"version of mathfactory \(schema 1, this one reads \d+\)"):
+        list(lake.read("run", "verdicts", Verdict))
 
 
 def test_lists_of_optional_values_round_trip(lake):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: SeedScore.preview
 
 # Why a rollout got its verdict. Every verdict carries exactly one of these.
 REASONS = ("correct", "wrong", "no_answer", "unparseable", "timeout")
@@ -192,6 +192,7 @@ class SeedScore:
     n_pairs: int  # teacher outputs its feature averages over
     rank: int  # 0 = most influential
     selected: bool  # in the top `fraction`: distilled again in round 2
+    preview: str  # the text's first 160 characters, so `mathfactory show RUN influence` says what was chosen
 
 
 @dataclass(frozen=True)

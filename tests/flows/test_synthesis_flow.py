@@ -67,8 +67,10 @@ def test_round_two_distils_the_texts_influence_selected(run):
     round2 = list(lake.read(run_id, "kd_round2", TeacherCall))
     assert {c.seed_id for c in round2} == selected and all(c.round == 2 for c in round2)
     assert len(round2) == len(selected) * cfg.synthesis.distill.round2_samples
-    seeds = {s.seed_id for s in lake.read(run_id, "seeds", SeedText)}
-    assert selected <= seeds
+    seeds = {s.seed_id: s.text for s in lake.read(run_id, "seeds", SeedText)}
+    assert selected <= set(seeds)
+    assert all(seeds[s.seed_id].startswith(s.preview) and len(s.preview) == min(160, len(seeds[s.seed_id]))
+               for s in scores)  # what `show RUN influence` prints beside each score
 
 
 def test_a_rerun_pays_nothing_and_does_no_work(run, prefect_api):
