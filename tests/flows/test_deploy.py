@@ -246,8 +246,8 @@ def test_a_date_whose_worker_died_is_crashed_then_completed_by_the_next_backfill
     the rerun of the date resumes it in place, skipping the stage that was done and writing nothing twice."""
     date, lake_dir = "2026-11-04", stack.tmp / "lake-killed"
     args = ["backfill", "--start", date, "--end", date, "--preset", str(TINY_PRESET), "--lake", str(lake_dir),
-            "--set", "policy.max_steps=600"]  # long enough to be killed in the middle of
-    run_id = load_preset(str(TINY_PRESET), ["policy.max_steps=600"]).run_id(date)
+            "--set", "policy.max_steps=200"]  # ~8 s: long enough to be killed in the middle of
+    run_id = load_preset(str(TINY_PRESET), ["policy.max_steps=200"]).run_id(date)
     lake = Lake(str(lake_dir))
     assert stack.mf(*args, "--no-wait").returncode == 0
     deadline = time.monotonic() + 120
