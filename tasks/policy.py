@@ -15,7 +15,7 @@ from mathfactory.tasks.core import format
 from mathfactory.tasks.core.records import Problem
 from mathfactory.tasks.stage import Stage
 from mathfactory.tasks.storage import DataError, Lake, fetch_dir
-from mathfactory.tasks.trainer import Spec, launch, write_rows
+from mathfactory.tasks.trainer import Spec, launch, missing_model_files, write_rows
 
 STAGE = "policy"
 
@@ -100,9 +100,7 @@ def fit_policy(cfg: PolicyConfig, lake: str, run_id: str) -> str:
 
 def check_model_dir(path: Path, field: str, url: str) -> None:
     """A Hugging Face model directory has its config and a tokenizer; say which is missing, not a loader's trace."""
-    wanted = [["config.json"], ["tokenizer.json", "tokenizer_config.json"]]
-    missing = [" or ".join(names) for names in wanted if not any((path / n).is_file() for n in names)]
-    if missing:
+    if missing := missing_model_files(path, ("config.json", "tokenizer")):  # weights: the loader says
         below = sorted(d.name for d in path.iterdir() if (d / "config.json").is_file()) if path.is_dir() else []
         hint = f"; a model is one level down, in: {', '.join(below)}" if below else ""
         raise DataError(f"{field}: {url} is not a model directory (missing: {'; '.join(missing)}){hint}")

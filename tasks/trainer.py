@@ -40,15 +40,18 @@ class Spec:
     args: dict[str, Any] = field(default_factory=dict)  # TRL config kwargs; PolicyConfig fields for `scratch`
 
 
+def missing_model_files(path: Path, need: Iterable[str] = tuple(MODEL_FILES)) -> list[str]:
+    """The MODEL_FILES entries of `need` that `path` lacks, each as 'a or b'."""
+    return [" or ".join(MODEL_FILES[w]) for w in need if not any((path / n).is_file() for n in MODEL_FILES[w])]
+
+
 def check_model_dir(path: str | Path) -> None:
     """Refuse a model directory that is missing files, before any training starts."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"model directory {path} does not exist")
-    missing = [what for what, names in MODEL_FILES.items() if not any((path / n).is_file() for n in names)]
-    if missing:
-        raise ValueError(f"model directory {path} is missing {', '.join(missing)} "
-                         f"(expected one of {', '.join(n for what in missing for n in MODEL_FILES[what])})")
+    if missing := missing_model_files(path):
+        raise ValueError(f"model directory {path} is missing {'; '.join(missing)}")
 
 
 def command(spec_path: Path, num_processes: int = 1) -> list[str]:
