@@ -78,9 +78,11 @@ def prefect_env() -> dict[str, str]:
     return env
 
 
-def shard_parameters(stage: str, config: dict, lake: str, run_id: str, shard: int, seed: int) -> dict[str, Any]:
+def shard_parameters(stage: str, config: dict, lake: str, run_id: str, shard: int, seed: int,
+                     grading: dict | None = None) -> dict[str, Any]:
     """flows/shard.py:run_shard's parameters for one shard (JSON, as a deployment run takes them)."""
-    return {"stage": stage, "config": config, "lake": lake, "run_id": run_id, "shard": shard, "seed": seed}
+    return {"stage": stage, "config": config, "lake": lake, "run_id": run_id, "shard": shard, "seed": seed,
+            "grading": grading}
 
 
 def idempotency_key(parameters: dict[str, Any]) -> str:
@@ -120,16 +122,16 @@ def shard_run(deployment: str, parameters: dict[str, Any], poll_s: float) -> dic
 
 @flow(name="mathfactory-fan-out")
 def fan_out(stage: str, config: dict[str, Any], lake: str, run_id: str, shards: int, seed: int,
-            runner: RunnerConfig) -> list[dict]:
+            runner: RunnerConfig, grading: dict[str, Any] | None = None) -> list[dict]:
     """Every shard of `stage`, on this flow's task runner (chosen by `runner`); their summaries in shard order."""
     if runner.kind == "deployment":
-        futures = [shard_run.submit(runner.deployment, shard_parameters(stage, config, lake, run_id, s, seed),
+        futures = [shard_run.submit(runner.deployment, shard_parameters(stage, config, lake, run_id, s, seed, grading),
                                     runner.poll_s) for s in range(shards)]
     else:
         with ray_options(runner):
             futures = []
             for s in range(shards):
-                shard_task, args = shard_call(stage, config, lake, run_id, s, seed)
+                shard_task, args = shard_call(stage, config, lake, run_id, s, seed, grading)
                 futures.append(shard_task.submit(*args))
     return [f.result() for f in futures]
 
@@ -143,16 +145,18 @@ def ray_options(runner: RunnerConfig) -> contextlib.AbstractContextManager:
 
 
 def run_sharded(runner: RunnerConfig, stage: str, config: BaseModel, lake: str, run_id: str, shards: int,
-                seed: int) -> list[dict]:
+                seed: int, grading: BaseModel | None = None) -> list[dict]:
     """Every shard of `stage` in a subflow whose task runner `runner` picks (a flow's runner is fixed when it is
-    decorated, hence with_options). A stage already marked done starts no workers at all."""
+    decorated, hence with_options). A stage already marked done starts no workers at all. `grading`: the run's
+    verify settings, for the stages that grade."""
     if Lake(lake).marker(run_id, stage) is not None:
         return []
     if "://" not in lake:
         lake = os.path.abspath(lake)  # Ray workers and deployment runs have other working directories
     subflow = fan_out.with_options(task_runner=task_runner(runner, shards),
                                    flow_run_name=f"{run_id}-{stage}-{runner.kind}")
-    call = lambda: subflow(stage, config.model_dump(mode="json"), lake, run_id, shards, seed, runner)  # noqa: E731
+    judged = grading.model_dump(mode="json") if grading is not None else None
+    call = lambda: subflow(stage, config.model_dump(mode="json"), lake, run_id, shards, seed, runner, judged)  # noqa: E731
     return retry_connect(call, RAY_CONNECT_ATTEMPTS if runner.kind == "ray" else 1, f"{stage} on {runner.address}")
 
 

@@ -39,7 +39,7 @@ def pipeline(config: FactoryConfig | None = None, date: str | None = None) -> di
     uris: dict[str, str] = {}
 
     if config.problems.source == "synthesizer":
-        uris.update(synthesis(config.synthesis, lake, run_id, seed, config.runner))
+        uris.update(synthesis(config.synthesis, lake, run_id, seed, config.runner, config.verify))
     uris["problems"] = make_problems(config.problems, lake, run_id, seed)
     uris["policy"] = fit_policy(config.policy, lake, run_id)
 
@@ -52,7 +52,8 @@ def pipeline(config: FactoryConfig | None = None, date: str | None = None) -> di
     uris["verdicts"] = commit_verdicts(config.verify, lake, run_id, shards, started)
 
     started = time.time()
-    shards = run_sharded(config.runner, CREDIT, config.credit, lake, run_id, config.credit.shards, seed)
+    shards = run_sharded(config.runner, CREDIT, config.credit, lake, run_id, config.credit.shards, seed,
+                         config.verify)
     uris["credit"] = commit_credit(config.credit, lake, run_id, shards, started)
     uris.update(make_pairs(config.pairs, config.credit.style, lake, run_id, seed))
 
@@ -68,7 +69,8 @@ def pipeline(config: FactoryConfig | None = None, date: str | None = None) -> di
             log.error("training %s failed: %s", method, state.message)
     for method in trained:
         stage, started = eval_stage(method), time.time()
-        shards = run_sharded(config.runner, stage, config.evaluate, lake, run_id, config.evaluate.shards, seed)
+        shards = run_sharded(config.runner, stage, config.evaluate, lake, run_id, config.evaluate.shards, seed,
+                             config.verify)
         uris[stage] = commit_eval(config.evaluate, lake, run_id, stage, shards, started)
     publish(Lake(lake), run_id)
     if failed:

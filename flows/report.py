@@ -44,18 +44,28 @@ def tables(lake: Lake, run_id: str) -> Tables:
                      for g, (c, k) in sorted(v["groups"].items(), key=lambda g: _stage_order(g[0]))]))
     if "credit" in stages:
         c = stages["credit"]["metrics"]
-        out.append(("step credit", ["rollouts credited", "pits found", "continuations", "tokens/s", "not credited"],
-                    [[str(c.get("rollouts")), str(c.get("pits")), str(c.get("continuations")),
-                      str(c.get("tokens_per_s")), ", ".join(f"{k} {v}" for k, v in c.get("not_credited", {}).items())
-                      or "-"]]))
-    built = [(name, m) for name, m in stages.items() if "skipped" in m.get("metrics", {})]
+        how = f"{c.get('strategy', '?')}, M={c.get('m', '?')}, K={c.get('k', '?')}, pit {c.get('pit', 'first_zero')}"
+        out.append((f"step credit ({how})",
+                    ["rollouts credited", "wrong", "of never-solved questions", "pits", "pit = last step",
+                     "continuations", "tokens/s", "not credited"],
+                    [[str(c.get(k, "-")) for k in ("rollouts", "wrong", "unsolved", "pits", "pit_final",
+                                                     "continuations", "tokens_per_s")]
+                     + [_counts(c.get("not_credited", {}))]]))
+    built = [(name, m["rows"], m["metrics"]) for name, m in stages.items() if "skipped" in m.get("metrics", {})]
     if built:
-        out.append(("training sets", ["dataset", "rows", "inputs left out (why)"],
-                    [[name, str(m["rows"]), ", ".join(f"{k} {v}" for k, v in m["metrics"]["skipped"].items()) or "-"]
-                     for name, m in built]))
+        covered = next((m["covered"] for _, _, m in built if "covered" in m), None)
+        out.append((f"training sets{'' if covered is None else f' (from the {covered} problems credit covered; sft is D_syn whole)'}",
+                    ["dataset", "rows", "problems", "chosen from", "pit = last step", "inputs left out (why)"],
+                    [[name, str(rows), str(m.get("problems", "-")), _counts(m.get("chosen_sources", {})),
+                      str(m["pit_final"]) if "pit_final" in m else "-", _counts(m["skipped"])]
+                     for name, rows, m in built]))
     if any(name.startswith(EVAL_PREFIX) for name in stages):
         out.append(_comparison(stages))
     return out
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
 
 
 def synthesis_tables(stages: dict[str, dict]) -> Tables:
@@ -134,19 +144,25 @@ def _comparison(stages: dict[str, dict]) -> tuple[str, list[str], list[list[str]
 
 
 def render_credit(rollout: Rollout, steps: list[Step], rows: list[StepCredit]) -> str:
-    """A rollout step by step, with Q and advantage on the steps credit labelled, and the first pit marked."""
+    """A rollout step by step, with Q and advantage on the steps credit labelled, and the pit marked."""
     by_step = {r.step_index: r for r in rows}
     lines = [f"rollout {rollout.rollout_id} ({rollout.stage}, strategy {rows[0].strategy})", rollout.prompt.rstrip()]
     if 0 in by_step:
-        lines.append(f"  Q_0 = {by_step[0].q:.2f} (the question's success rate over {by_step[0].n_continuations} "
-                     "samples)")
+        zero = by_step[0]
+        lines.append(f"  Q_0: {zero.n_correct if zero.n_correct is not None else '?'} of the question's "
+                     f"{zero.n_continuations} samples verified" + ("" if zero.q is None else f", Q_0 = {zero.q:.2f}"))
     for i, step in enumerate(steps, 1):
         r = by_step.get(i)
-        label = " " * 15 if r is None else f"Q={r.q:.2f}" + ("" if r.advantage is None else f" A={r.advantage:+.2f}")
+        label = " " * 15 if r is None else _q(r) + ("" if r.advantage is None else f" A={r.advantage:+.2f}")
         first, *rest = step.text.split("\n")
-        lines.append(f"  step {i:>2} {label:<15} | {first}" + ("  <-- first pit" if r and r.is_pit else ""))
+        lines.append(f"  step {i:>2} {label:<15} | {first}" + ("  <-- pit" if r and r.is_pit else ""))
         lines += [" " * 26 + "| " + line.strip() for line in rest]  # e.g. the answer line, kept with its step
     return "\n".join(lines)
+
+
+def _q(r: StepCredit) -> str:
+    """The step's Q, or what a probe stopped at its first success learned: Q > 0, from j draws."""
+    return f"Q={r.q:.2f}" if r.q is not None else f"Q>0 ({r.n_correct}/{r.n_continuations})"
 
 
 def print_tables(console: Console, lake: Lake, run_id: str) -> None:

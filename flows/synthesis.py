@@ -22,11 +22,12 @@ from mathfactory.tasks.synthesize import STAGE as OUTPUTS
 from mathfactory.tasks.synthesize import commit_outputs
 from mathfactory.tasks.synthesizer import STAGES as SYNTHESIZER
 from mathfactory.tasks.synthesizer import fit_synthesizer
+from mathfactory.tasks.verify import VerifyConfig
 
 
 @flow(name="mathfactory-synthesis", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def synthesis(config: SynthesisConfig, lake: str, run_id: str, seed: int,
-              runner: RunnerConfig | None = None) -> dict[str, str]:
+              runner: RunnerConfig | None = None, grading: VerifyConfig | None = None) -> dict[str, str]:
     """Every synthesis stage of run `run_id`; finished stages are skipped. Ends with `synth_problems`."""
     runner = runner or RunnerConfig()
     templates = config.teacher.templates
@@ -45,5 +46,5 @@ def synthesis(config: SynthesisConfig, lake: str, run_id: str, seed: int,
     started = time.time()
     shards = run_sharded(runner, OUTPUTS, config, lake, run_id, config.generate.shards, seed)
     uris[OUTPUTS] = commit_outputs(config.generate, templates, lake, run_id, shards, started)
-    uris[PROBLEMS] = gate_problems(config.gates, config.teacher, lake, run_id, seed)
+    uris[PROBLEMS] = gate_problems(config.gates, config.teacher, lake, run_id, seed, grading)
     return uris

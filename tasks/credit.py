@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter, defaultdict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from mathfactory.tasks.core import credit as mc
@@ -26,6 +26,7 @@ from mathfactory.tasks.engines import EngineOptions, OpenAIOptions, Transformers
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.policy import policy_dir
 from mathfactory.tasks.stage import Stage, logger, token_rate
+from mathfactory.tasks.verify import VerifyConfig, judge
 
 STAGE = "credit"
 LATEX_SOURCES = ("math500",)  # their solutions are prose + LaTeX: split into sentence steps, not lines
@@ -40,12 +41,19 @@ class CreditConfig(BaseModel):
     positives: bool = Field(True, description="Also credit correct rollouts, every step (linear): "
                             "advantage-filtered RFT needs their per-step advantages.")
     m: int = Field(8, ge=1, description="Continuations per step prefix (M).")
-    k: int = Field(1, ge=1, description="Best-of-K transform of Q: 1 - (1-Q)^K (K=1 keeps Q).")
+    k: int = Field(1, ge=1, description="Best-of-K: Q is the chance that the best of K continuations verifies, "
+                   "estimated without bias from the M draws (needs K <= M). K = 1: the plain chance that the policy "
+                   "itself finishes correctly from the prefix. Setlur et al. use K = 5.")
+    pit: Literal["first_zero", "max_drop"] = Field(
+        "first_zero", description="Which step of a wrong rollout is its pit: first_zero = the first step none of "
+        "whose continuations verified, or the last step (Self-Explore; Setlur et al.'s first step with the lowest "
+        "Q); max_drop = the step with the most negative advantage Q_i - Q_{i-1} (needs strategy=linear).")
     round_size: int = Field(2, ge=1, description="scan/binary: continuations per probe of a step; a probe stops "
                             "at the first verified one, so smaller rounds save continuations but take more rounds.")
     max_steps: int = Field(16, ge=1, description="Rollouts with more steps are not credited (counted).")
     problems: int | None = Field(64, ge=1, description="Credit the rollouts of the first N train problems only "
-                                 "(None: all): credit costs ~M continuations per step and rollout.")
+                                 "(None: all): credit costs ~M continuations per step and rollout. Every training "
+                                 "set built from the policy's samples is restricted to these same problems.")
     style: Literal["auto", "lines", "math"] = Field(
         "auto", description="Step splitting: lines (GSM8K/toy), math (LaTeX prose), auto = by problem source.")
     engine: EngineOptions = Field(default_factory=TransformersOptions, description="Backend for continuations.")
@@ -53,6 +61,11 @@ class CreditConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(320, ge=1, description="Generation budget per continuation.")
     shards: int = Field(2, ge=1, description="Independent tasks the stage is split into (by problem).")
+
+    @model_validator(mode="after")
+    def _defined(self) -> CreditConfig:
+        mc.check(self.strategy, self.pit, self.m, self.k)
+        return self
 
 
 def shard_of(problem_id: str, shards: int) -> int:
@@ -79,27 +92,29 @@ def targets(rollouts: list[Rollout], verdicts: dict[str, Verdict], sources: dict
     return wrong, right
 
 
-@task(name="credit-shard", cache_policy=NO_CACHE, retries=2)
-def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: int) -> dict:
-    from mathfactory.tasks.judge import Judge
+def covered(problems: Iterable[Problem], limit: int | None) -> Iterator[Problem]:
+    """The train problems credit covers: the first `limit` of the run's (all for None). Every training set built
+    from the policy's samples comes from these same problems."""
+    return itertools.islice((p for p in problems if p.split == "train"), limit)
 
+
+@task(name="credit-shard", cache_policy=NO_CACHE, retries=2)
+def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: int,
+                 grading: VerifyConfig | None = None) -> dict:
     st = Stage(lake, run_id, STAGE, StepCredit, config=cfg)
     if st.done:
         return {"shard": shard, "skipped": True}
-    train = itertools.islice((p for p in st.lake.read(run_id, "problems", Problem) if p.split == "train"),
-                             cfg.problems)
-    problems = {p.problem_id: p for p in train if shard_of(p.problem_id, cfg.shards) == shard}
+    problems = {p.problem_id: p for p in covered(st.lake.read(run_id, "problems", Problem), cfg.problems)
+                if shard_of(p.problem_id, cfg.shards) == shard}
     rollouts = [r for r in st.lake.read(run_id, "rollouts", Rollout) if r.problem_id in problems]
     verdicts = {v.rollout_id: v for v in st.lake.read(run_id, "verdicts", Verdict) if v.problem_id in problems}
     rollouts = [r for r in rollouts if r.rollout_id in verdicts]
     by_id = {r.rollout_id: r for r in rollouts}
     wrong, right = targets(rollouts, verdicts, {p: problems[p].source for p in problems}, cfg)
+    skipped = Counter(why for t in wrong + right * cfg.positives if (why := mc.uncreditable(t, cfg.max_steps)))
     if st.has_shard(shard):  # a retry after this shard landed: count it, don't sample it again
-        landed = list(st.lake.read_part(run_id, STAGE, shard, StepCredit))
-        skipped = Counter(why for t in wrong + right * cfg.positives if (why := mc.uncreditable(t, cfg.max_steps)))
-        return {"shard": shard, "rows": len(landed), "rollouts": len({r.rollout_id for r in landed}),
-                "pits": sum(r.is_pit for r in landed), "not_credited": dict(skipped), "seconds": 0.0,
-                "continuations": sum(r.n_continuations for r in landed if r.step_index)}
+        landed = mc.tally(st.lake.read_part(run_id, STAGE, shard, StepCredit))
+        return {"shard": shard, **landed, "not_credited": dict(skipped), "seconds": 0.0}
 
     model_dir = None if isinstance(cfg.engine, OpenAIOptions) else policy_dir(lake, run_id)
     engine = load_engine(cfg.engine, model_dir, seed)
@@ -108,7 +123,7 @@ def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: in
     bar = tqdm(desc=f"credit shard {shard}", unit="continuation", disable=None)
     t0 = time.perf_counter()
 
-    with Judge() as judge:
+    with judge(grading or VerifyConfig()) as grader:
         def sample(requests: list[tuple[Hashable, int, int]]) -> list[list[mc.Continuation]]:
             """One labelling round: every requested prefix continued k times, grouped by k into engine calls."""
             counts["rounds"] += 1
@@ -128,7 +143,7 @@ def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: in
                 prompts = [by_id[requests[j][0]].prompt + prefix for j, prefix in zip(js, prefixes, strict=True)]
                 outs = engine.generate(prompts, params)
                 gold = [problems[by_id[requests[j][0]].problem_id].answer for j in js]
-                grades = judge.grade_many((g, prefix + c.text) for g, prefix, cs in zip(gold, prefixes, outs,
+                grades = grader.grade_many((g, prefix + c.text) for g, prefix, cs in zip(gold, prefixes, outs,
                                                                                        strict=True) for c in cs)
                 grades_it = iter(grades)
                 for j, cs in zip(js, outs, strict=True):
@@ -139,20 +154,18 @@ def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: in
             return out
 
         kw = dict(m=cfg.m, k=cfg.k, round_size=cfg.round_size, max_steps=cfg.max_steps)
-        rows, skipped = mc.credit(wrong, sample, strategy=cfg.strategy, **kw)
+        rows, _ = mc.credit(wrong, sample, strategy=cfg.strategy, pit=cfg.pit, **kw)
         if cfg.positives:
-            more, more_skipped = mc.credit(right, sample, strategy="linear", **kw)
-            rows += more
-            skipped += more_skipped
+            rows += mc.credit(right, sample, strategy="linear", **kw)[0]
     bar.close()
-    n = st.write(shard, rows)
+    st.write(shard, rows)
     seconds = round(time.perf_counter() - t0, 2)
-    logger().info("credit shard %d: %d rollouts credited, skipped %s, %d continuations in %d rounds",
-                  shard, len({r.rollout_id for r in rows}), dict(skipped) or "none", counts["continuations"],
+    done = mc.tally(rows)
+    logger().info("credit shard %d: %d rollouts credited (%d wrong), not credited %s, %d continuations in %d "
+                  "rounds", shard, done["rollouts"], done["wrong"], dict(skipped) or "none", counts["continuations"],
                   counts["rounds"])
-    return {"shard": shard, "rows": n, "rollouts": len({r.rollout_id for r in rows}), "not_credited": dict(skipped),
-            "continuations": counts["continuations"], "tokens": counts["tokens"], "rounds": counts["rounds"],
-            "pits": sum(r.is_pit for r in rows), "seconds": seconds}
+    return {"shard": shard, **done, "not_credited": dict(skipped), "tokens": counts["tokens"],
+            "rounds": counts["rounds"], "seconds": seconds}
 
 
 @task(name="credit", cache_policy=NO_CACHE)
@@ -162,6 +175,7 @@ def commit_credit(cfg: CreditConfig, lake: str, run_id: str, shards: list[dict],
         return st.uri
     done = [s for s in shards if not s.get("skipped")]
     skipped = sum((Counter(s.get("not_credited", {})) for s in done), Counter())
-    return st.commit(started, style=cfg.style, rollouts=sum(s["rollouts"] for s in done),
-                     pits=sum(s["pits"] for s in done), continuations=sum(s["continuations"] for s in done),
-                     not_credited=dict(skipped), **token_rate(done))
+    totals = {k: sum(s.get(k, 0) for s in done) for k in mc.TALLY}
+    # The marker says how the rows were made, so readers (pairs, show) need not be told.
+    return st.commit(started, style=cfg.style, strategy=cfg.strategy, pit=cfg.pit, m=cfg.m, k=cfg.k,
+                     problems_limit=cfg.problems, **totals, not_credited=dict(skipped), **token_rate(done))

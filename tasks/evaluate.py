@@ -31,6 +31,7 @@ from mathfactory.tasks.stage import Stage, token_rate
 from mathfactory.tasks.storage import MARKER, Lake
 from mathfactory.tasks.train import TRAINED
 from mathfactory.tasks.train import stage_name as train_stage_name
+from mathfactory.tasks.verify import VerifyConfig, judge
 
 METHODS = ("sft", *TRAINED)  # sft: pi_sft, the policy stage
 STAGE_PREFIX = "eval_"
@@ -126,10 +127,9 @@ def _model(cfg: EvalConfig, lake: str, run_id: str, method: str) -> str:
 
 
 @task(name="eval-shard", task_run_name="{stage}-shard-{shard}", cache_policy=NO_CACHE, retries=2)
-def eval_shard(cfg: EvalConfig, lake: str, run_id: str, stage: str, shard: int, seed: int) -> dict:
+def eval_shard(cfg: EvalConfig, lake: str, run_id: str, stage: str, shard: int, seed: int,
+               grading: VerifyConfig | None = None) -> dict:
     """Shard `shard` of `stage` (eval_{method}): per problem one greedy completion and k samples, all graded."""
-    from mathfactory.tasks.judge import Judge
-
     method = method_of(stage)
     st = Stage(lake, run_id, stage, EvalResult, config=cfg)
     if st.done:
@@ -149,14 +149,14 @@ def eval_shard(cfg: EvalConfig, lake: str, run_id: str, stage: str, shard: int, 
 
     def rows() -> Iterator[EvalResult]:
         nonlocal tokens
-        with Judge() as judge:
+        with judge(grading or VerifyConfig()) as grader:
             for i in tqdm(range(0, len(problems), chunk), desc=f"{stage} shard {shard}", disable=None):
                 batch = problems[i : i + chunk]
                 prompts = [format.prompt(p.question) for p in batch]
                 outs = [g + c for g, c in zip(engine.generate(prompts, greedy), engine.generate(prompts, sampled),
                                               strict=True)]
                 tokens += sum(c.n_tokens for cs in outs for c in cs)
-                grades = judge.grade_many((p.answer, c.text) for p, cs in zip(batch, outs, strict=True) for c in cs)
+                grades = grader.grade_many((p.answer, c.text) for p, cs in zip(batch, outs, strict=True) for c in cs)
                 for j, (p, cs) in enumerate(zip(batch, outs, strict=True)):
                     yield _result(p, method, model, cs[0], grades[j * (1 + cfg.k) : (j + 1) * (1 + cfg.k)], s)
 

@@ -28,6 +28,7 @@ from mathfactory.tasks.distill import TeacherConfig, cost, teacher
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.stage import Stage
 from mathfactory.tasks.synthesize import STAGE as OUTPUTS
+from mathfactory.tasks.verify import VerifyConfig, judge
 
 STAGE = "synth_problems"
 GATES = ("parse", "answer", "calculator", "decontaminate", "near_duplicate", "solvable")
@@ -95,10 +96,9 @@ def cheap_gates(outputs: Iterable[SynthOutput], contamination: Decontaminator, d
 
 
 def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
-             candidates: list[tuple[SynthOutput, synthesis.Parsed]]) -> tuple[list[str | None], dict]:
+             candidates: list[tuple[SynthOutput, synthesis.Parsed]], grading: VerifyConfig | None = None
+             ) -> tuple[list[str | None], dict]:
     """Per candidate None if someone agrees with its answer, else why not; and what asking cost."""
-    from mathfactory.tasks.judge import Judge
-
     if cfg.solvable == "none" or not candidates:
         return [None] * len(candidates), {}
     questions = [format.prompt(p.question) for _, p in candidates]
@@ -117,12 +117,12 @@ def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
         texts = [[c.text for c in cs] for cs in engine.generate(questions, params)]
         answers, spent = None, {}
     reasons: list[str | None] = []
-    with Judge() as judge:
+    with judge(grading or VerifyConfig()) as grader:
         for i, ((_, parsed), outs) in enumerate(zip(candidates, texts, strict=True)):
             if answers is not None and not answers[i].ok:
                 reasons.append(f"solvable: teacher request failed ({answers[i].reason})")
                 continue
-            grades = judge.grade_many((parsed.answer, t) for t in outs)
+            grades = grader.grade_many((parsed.answer, t) for t in outs)
             answer, agrees = vote([g.predicted for g in grades], [g.correct for g in grades])
             reasons.append(None if agrees else f"solvable: {cfg.solvable} answered {answer!r}, "
                                                f"not {parsed.answer!r}")
@@ -157,8 +157,8 @@ def teacher_solved(teacher_cfg: TeacherConfig, lake: str, seed: int,
     return out, spent
 
 
-def apply_gates(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int, outputs: Iterable[SynthOutput]
-                ) -> tuple[list[Problem], list[Quarantined], dict]:
+def apply_gates(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int, outputs: Iterable[SynthOutput],
+                grading: VerifyConfig | None = None) -> tuple[list[Problem], list[Quarantined], dict]:
     """Every gate, in order, over `outputs`: the problems kept, the outputs dropped (as `gate: reason`), and the
     summary a marker records (counts per gate in the order met, what solving cost)."""
     contamination = Decontaminator(test_items(cfg), n=cfg.ngram)
@@ -168,7 +168,7 @@ def apply_gates(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: i
     own = cfg.solutions == "synthesizer"
     candidates = list(cheap_gates(outputs, contamination, dups, dropped, own))
     if own:
-        reasons, spent = solvable(cfg, teacher_cfg, lake, seed, candidates)
+        reasons, spent = solvable(cfg, teacher_cfg, lake, seed, candidates, grading)
         results = [reason or parsed for (_, parsed), reason in zip(candidates, reasons, strict=True)]
     else:
         results, spent = teacher_solved(teacher_cfg, lake, seed, candidates)
@@ -187,13 +187,15 @@ def apply_gates(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: i
 
 
 @task(name="gate", cache_policy=NO_CACHE, retries=1)
-def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_id: str, seed: int) -> str:
+def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_id: str, seed: int,
+                  grading: VerifyConfig | None = None) -> str:
     st = Stage(lake, run_id, STAGE, Problem, config={"gates": cfg.model_dump(mode="json"),
                                                      "teacher": teacher_cfg.model_dump(mode="json")})
     if st.done:
         return st.uri
     t0 = time.perf_counter()
-    kept, dropped, summary = apply_gates(cfg, teacher_cfg, lake, seed, st.lake.read(run_id, OUTPUTS, SynthOutput))
+    outputs = st.lake.read(run_id, OUTPUTS, SynthOutput)
+    kept, dropped, summary = apply_gates(cfg, teacher_cfg, lake, seed, outputs, grading)
     st.write(0, kept, dropped)
     if not kept:
         raise ValueError(f"{STAGE}: no synthesized problem passed the gates ({summary['written']} written; see "

@@ -5,6 +5,10 @@ Each set is its own dataset in the lake, with its own marker (the builders are t
   rft_advantage    rft minus its low-advantage half        stepwise       TRL stepwise-supervision rows (PRM)
   dpo_outcome      random correct x incorrect (control)    dpo_edit       correct x most distant incorrect
   dpo_step_cut     correct x incorrect cut after its pit   dpo_step_prefix  prefix before the pit: good vs pit step
+
+Every set built from the policy's samples covers the same problems: those the credit stage covered (its marker's
+`problems_limit`), so methods are compared on data from one problem set. `sft` is D_syn whole, what pi_sft
+learned from. Each marker counts the distinct problems its set covers and, for pairs, where chosen sides came from.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from mathfactory.tasks.core.records import (
     Verdict,
 )
 from mathfactory.tasks.core.steps import split_steps
-from mathfactory.tasks.credit import style_for
+from mathfactory.tasks.credit import STAGE as CREDIT
+from mathfactory.tasks.credit import covered, style_for
 from mathfactory.tasks.stage import Stage
 
 DATASETS = {"sft": SFTExample, "rft": SFTExample, "rft_advantage": SFTExample, "stepwise": StepwiseExample,
@@ -47,22 +52,37 @@ class PairsConfig(BaseModel):
     outcome_n: int = Field(4, ge=1, description="Naive DPO: at most this many correct x incorrect pairs per problem.")
     edit_unit: Literal["char", "step"] = Field("char", description="Edit-distance pairs: distance over characters "
                                                "or over steps.")
+    chosen: Literal["policy", "reference", "both"] = Field(
+        "reference", description="Where every pair's chosen side comes from: the policy's own correct rollouts, the "
+        "problem's reference solution (D_syn, the capable model's positive, as Setlur et al.'s per-step DPO pairs "
+        "it with the learner's negatives; a never-solved problem still yields pairs), or both. dpo_step_prefix "
+        "always prefers a continuation verified from the prefix; this decides only the empty prefix.")
 
 
 def build_all(cfg: PairsConfig, style: str, problems: list[Problem], rollouts: list[Rollout],
               verdicts: list[Verdict], credits: list[StepCredit], seed: int) -> dict[str, build.Built]:
     """Every dataset from the run's records (pure)."""
     rft = build.rft(rollouts, verdicts, cfg.rft_k, cfg.dedup, cfg.dedup_threshold, seed)
+    side = {"chosen": cfg.chosen, "refs": build.references(problems)}
     return {
         "sft": build.sft_examples(problems),
         "rft": rft,
         "rft_advantage": build.rft_advantage(rft.rows, credits),
         "stepwise": stepwise(style, problems, rollouts, credits),
-        "dpo_outcome": build.outcome_pairs(rollouts, verdicts, cfg.outcome_n, seed),
-        "dpo_edit": build.edit_distance_pairs(rollouts, verdicts, cfg.edit_unit),
-        "dpo_step_cut": build.step_cut(rollouts, verdicts, credits, seed),
-        "dpo_step_prefix": build.step_prefix(rollouts, verdicts, credits),
+        "dpo_outcome": build.outcome_pairs(rollouts, verdicts, cfg.outcome_n, seed, **side),
+        "dpo_edit": build.edit_distance_pairs(rollouts, verdicts, cfg.edit_unit, **side),
+        "dpo_step_cut": build.step_cut(rollouts, verdicts, credits, seed, **side),
+        "dpo_step_prefix": build.step_prefix(rollouts, verdicts, credits, **side),
     }
+
+
+def described(built: build.Built) -> dict:
+    """A set's marker metrics: why inputs were left out, the distinct problems it covers, and for pairs where
+    the chosen sides came from."""
+    out = {"skipped": dict(built.skipped), "problems": len({r.problem_id for r in built.rows}), **built.counts}
+    if built.rows and isinstance(built.rows[0], PreferencePair):
+        out["chosen_sources"] = dict(Counter(r.chosen_source for r in built.rows))
+    return out
 
 
 def stepwise(style: str, problems: list[Problem], rollouts: list[Rollout],
@@ -90,15 +110,16 @@ def make_pairs(cfg: PairsConfig, style: str, lake: str, run_id: str, seed: int) 
         return {name: st.uri for name, st in stages.items()}
     lk = next(iter(stages.values())).lake
     problems = list(lk.read(run_id, "problems", Problem))
-    train = {p.problem_id for p in problems if p.split == "train"}
-    rollouts = [r for r in lk.read(run_id, "rollouts", Rollout) if r.problem_id in train]
-    verdicts = [v for v in lk.read(run_id, "verdicts", Verdict) if v.problem_id in train]
-    credits = list(lk.read(run_id, "credit", StepCredit))
+    limit = (lk.marker(run_id, CREDIT) or {}).get("metrics", {}).get("problems_limit")
+    ids = {p.problem_id for p in covered(problems, limit)}
+    rollouts = [r for r in lk.read(run_id, "rollouts", Rollout) if r.problem_id in ids]
+    verdicts = [v for v in lk.read(run_id, "verdicts", Verdict) if v.problem_id in ids]
+    credits = list(lk.read(run_id, CREDIT, StepCredit))
     built = build_all(cfg, style, problems, rollouts, verdicts, credits, seed)
     uris = {}
     for name, st in stages.items():
         if not st.done:
             st.write(0, built[name].rows)
-            st.commit(skipped=dict(built[name].skipped))
+            st.commit(**described(built[name]), covered=len(ids))
         uris[name] = st.uri
     return uris

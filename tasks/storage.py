@@ -63,6 +63,11 @@ def arrow_schema(cls: type) -> pa.Schema:
     return pa.schema(fields, metadata={"record": cls.__name__, "schema_version": str(SCHEMA_VERSION)})
 
 
+@functools.cache
+def _defaults(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING)
+
+
 def _optional(t: Any) -> tuple[Any, bool]:
     """(T, True) for `T | None`, else (t, False)."""
     if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
@@ -232,8 +237,12 @@ class Lake:
         names = arrow_schema(cls).names
         with self.fs.open(path, "rb") as f:
             file = pq.ParquetFile(f)
-            missing = [n for n in names if n not in file.schema_arrow.names]
-            if missing:  # pyarrow would skip them silently, and the record would fail with a bare TypeError
+            absent = [n for n in names if n not in file.schema_arrow.names]
+            # A column added later with a default reads as that default from older files; any other absent
+            # column would be skipped by pyarrow silently, and the record fail with a bare TypeError.
+            missing = [n for n in absent if n not in _defaults(cls)]
+            names = [n for n in names if n not in absent]
+            if missing:
                 written = (file.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
                 raise DataError(f"{path}: no column {', '.join(missing)} for {cls.__name__}: written by another "
                                 f"version of mathfactory (schema {written}, this one reads {SCHEMA_VERSION}); "

@@ -22,10 +22,16 @@ class VerifyConfig(BaseModel):
     batch: int = Field(512, ge=1, description="Rollouts graded per call to the judge.")
 
 
-@task(name="verify-shard", cache_policy=NO_CACHE, retries=2)
-def verify_shard(cfg: VerifyConfig, lake: str, run_id: str, shard: int) -> dict:
+def judge(cfg: VerifyConfig):
+    """A Judge with the run's grading settings: every stage that grades (verdicts, credit, evaluation, the
+    synthesis gates) grades the same way."""
     from mathfactory.tasks.judge import Judge
 
+    return Judge(timeout_s=cfg.timeout_s, workers=cfg.workers)
+
+
+@task(name="verify-shard", cache_policy=NO_CACHE, retries=2)
+def verify_shard(cfg: VerifyConfig, lake: str, run_id: str, shard: int) -> dict:
     st = Stage(lake, run_id, STAGE, Verdict, config=cfg)
     if st.done:
         return {"skipped": True}
@@ -33,11 +39,11 @@ def verify_shard(cfg: VerifyConfig, lake: str, run_id: str, shard: int) -> dict:
         return summary.tally(st.lake.read_part(run_id, STAGE, shard, Verdict))
     gold = {p.problem_id: p.answer for p in st.lake.read(run_id, "problems", Problem)}
     rollouts = list(st.lake.read(run_id, "rollouts", Rollout, shard=shard))
-    with Judge(timeout_s=cfg.timeout_s, workers=cfg.workers) as judge:
+    with judge(cfg) as grader:
         verdicts: list[Verdict] = []
         for i in tqdm(range(0, len(rollouts), cfg.batch), desc=f"verify shard {shard}", disable=None):
             batch = rollouts[i : i + cfg.batch]
-            grades = judge.grade_many((gold[r.problem_id], r.completion) for r in batch)
+            grades = grader.grade_many((gold[r.problem_id], r.completion) for r in batch)
             verdicts += [
                 Verdict(r.rollout_id, r.problem_id, r.split, r.stage, g.correct, g.reason, g.predicted,
                         gold[r.problem_id], g.calc_errors)

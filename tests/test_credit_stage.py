@@ -16,14 +16,14 @@ from teacher import ScriptedTeacher, wrong_completion
 
 from mathfactory.tasks.core import format
 from mathfactory.tasks.core.credit import STRATEGIES
-from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, stable_id
+from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, Verdict, stable_id
 from mathfactory.tasks.core.steps import split_steps
 from mathfactory.tasks.credit import CreditConfig, commit_credit, credit_shard
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.engines import OpenAIOptions
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.judge import Judge
-from mathfactory.tasks.pairs import DATASETS, PairsConfig, make_pairs
+from mathfactory.tasks.pairs import DATASETS, PairsConfig, build_all, make_pairs
 from mathfactory.tasks.storage import Lake
 from mathfactory.tasks.verify import VerifyConfig, commit_verdicts, verify_shard
 
@@ -46,7 +46,7 @@ class World:
     slip: dict[str, int] = field(default_factory=dict)  # wrong rollout -> the step with the slip (1-based)
     correct: set[str] = field(default_factory=set)  # rollouts that are the reference solution
     empty: str = ""  # the rollout with an empty completion
-    unsolved: str = ""  # the train problem none of whose rollouts is right
+    unsolved: str = ""  # the train problem none of whose rollouts is right: its wrong rollouts are credited too
     test_problem: str = ""
 
     @property
@@ -61,12 +61,8 @@ class World:
         return sum(r.rollout_id in self.correct for r in rollouts) / len(rollouts)
 
     def creditable_wrong(self) -> list[Rollout]:
-        """Wrong train rollouts credit can label: it has steps, and its question was solved at least once."""
-        return [
-            r
-            for r in self.rollouts
-            if r.rollout_id in self.slip and r.problem_id in self.train and r.problem_id != self.unsolved
-        ]
+        """Wrong train rollouts credit can label: every one with steps, a never-solved question's included."""
+        return [r for r in self.rollouts if r.rollout_id in self.slip and r.problem_id in self.train]
 
     def correct_train(self) -> list[Rollout]:
         return [r for r in self.rollouts if r.rollout_id in self.correct and r.problem_id in self.train]
@@ -183,17 +179,19 @@ def credit_config(served: Served, **kw) -> CreditConfig:
 
 @pytest.fixture(scope="module")
 def runs(world, served, tmp_path_factory) -> Callable[..., Run]:
-    """runs(strategy, positives=True, teacher="exact", m=M) -> the finished run, each done once per module."""
+    """runs(strategy, positives=True, teacher="exact", m=M, problems=None) -> the finished run, each done once per
+    module."""
     lake = str(tmp_path_factory.mktemp("lake"))
     done: dict[tuple, Run] = {}
 
-    def get(strategy: str, positives: bool = True, teacher: str = "exact", m: int = M) -> Run:
-        key = (strategy, positives, teacher, m)
+    def get(strategy: str, positives: bool = True, teacher: str = "exact", m: int = M,
+            problems: int | None = None) -> Run:
+        key = (strategy, positives, teacher, m, problems)
         if key not in done:
             run_id = "-".join(map(str, key))
             seed_run(lake, run_id, world)
             s = served[teacher]
-            cfg = credit_config(s, strategy=strategy, positives=positives, m=m)
+            cfg = credit_config(s, strategy=strategy, positives=positives, m=m, problems=problems)
             seen, tokens, started = len(s.record.bodies), s.record.completion_tokens, time.time()
             shards = [credit_shard.fn(cfg, lake, run_id, shard, SEED) for shard in range(SHARDS)]
             commit_credit.fn(cfg, lake, run_id, shards, started)
@@ -283,8 +281,13 @@ def test_first_pit_is_the_slipped_step_and_q_is_exact(runs, world, served, strat
         assert {row.strategy for row in rows.values()} == {strategy}
         for i, row in rows.items():
             if 0 < i < n:  # sampled steps: the estimate is the teacher's true Q (0 or 1)
-                assert row.q == teacher.true_q(prefix(r, row)) == float(i < world.slip[r.rollout_id])
+                true_q = teacher.true_q(prefix(r, row))
+                assert true_q == float(i < world.slip[r.rollout_id])
                 assert r.completion[: row.end].rstrip("\n").endswith(row.step_text)
+                if row.n_continuations == M:  # all M drawn: an estimate
+                    assert row.q == true_q and row.n_correct == M * true_q
+                else:  # scan/binary stopped at the first success: Q > 0 is known, Q is not
+                    assert strategy != "linear" and row.q is None and row.n_correct >= 1 and true_q == 1
         assert rows[n].q == 0.0 and rows[n].end == len(r.completion)
 
 
@@ -293,9 +296,11 @@ def test_q0_is_the_fraction_of_its_problems_rollouts_that_verify(runs, world, st
     run = runs(strategy)
     credited = world.creditable_wrong() + world.correct_train()
     assert {r.rollout_id for r in credited} == set(run.credits)
+    assert world.unsolved in {r.problem_id for r in credited}
     for r in credited:
         row = run.credits[r.rollout_id][0]
         assert row.q == pytest.approx(world.solve_rate(r.problem_id))
+        assert row.n_correct == sum(x.rollout_id in world.correct for x in world.of(r.problem_id))
         assert row.n_continuations == len(world.of(r.problem_id))  # the empty rollout counts as sampled
         assert (row.step_text, row.end, row.advantage) == ("", 0, None)
 
@@ -341,8 +346,9 @@ def test_the_stage_counts_what_the_server_served(runs, world, strategy):
     assert (
         sum(row.n_continuations for rows in run.credits.values() for i, row in rows.items() if i) == served_n
     )
-    solved = tuple(format.prompt(p.question) for pid, p in world.train.items() if pid != world.unsolved)
-    assert all(body["prompt"].startswith(solved) for body in run.bodies)
+    train = tuple(format.prompt(p.question) for p in world.train.values())
+    assert all(body["prompt"].startswith(train) for body in run.bodies)
+    assert any(body["prompt"].startswith(format.prompt(world.train[world.unsolved].question)) for body in run.bodies)
     # Every draw from a prefix is a fresh one: repeated prompts (other rollouts' shared prefixes, or later
     # rounds of a probe) never get a seed twice, or a probe would see the same continuations again.
     seeds: dict[str, list[int]] = {}
@@ -354,26 +360,27 @@ def test_the_stage_counts_what_the_server_served(runs, world, strategy):
     metrics = marker["metrics"]
     assert marker["rows"] == sum(len(rows) for rows in run.credits.values())
     assert metrics["continuations"] == served_n and metrics["tokens"] == run.completion_tokens
-    assert metrics["pits"] == len(world.creditable_wrong())
+    assert metrics["pits"] == metrics["wrong"] == len(world.creditable_wrong())
+    assert metrics["unsolved"] == len(world.of(world.unsolved))
     assert metrics["rollouts"] == len(run.credits)
+    # Pits on the last step: the rollouts that slipped there (slipped_steps always includes the last step).
+    last = [r for r in world.creditable_wrong() if world.slip[r.rollout_id] == len(split_steps(r.completion))]
+    assert metrics["pit_final"] == len(last) > 0
+    assert (metrics["strategy"], metrics["pit"], metrics["m"], metrics["k"]) == (strategy, "first_zero", M, 1)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_empty_unsolved_and_test_rollouts_are_not_credited(runs, world, strategy):
+def test_empty_and_test_rollouts_are_not_credited_unsolved_ones_are(runs, world, strategy):
     run = runs(strategy)
-    unsolved = world.of(world.unsolved)
-    assert run.marker("credit")["metrics"]["not_credited"] == {
-        "no_steps": 1,
-        "unsolved_question": len(unsolved),
-    }
-    assert sum((Counter(s["not_credited"]) for s in run.shards), Counter()) == Counter(
-        no_steps=1, unsolved_question=len(unsolved)
-    )
+    assert run.marker("credit")["metrics"]["not_credited"] == {"no_steps": 1}
+    assert sum((Counter(s["not_credited"]) for s in run.shards), Counter()) == Counter(no_steps=1)
     assert world.empty not in run.credits
-    assert not {row.problem_id for rows in run.credits.values() for row in rows.values()} & {
-        world.unsolved,
-        world.test_problem,
-    }
+    problems = {row.problem_id for rows in run.credits.values() for row in rows.values()}
+    assert world.unsolved in problems and world.test_problem not in problems
+    for r in world.of(world.unsolved):  # Q_0 = 0 is an estimate: the pit is still the slip
+        rows = run.credits[r.rollout_id]
+        assert (rows[0].q, rows[0].n_correct) == (0.0, 0)
+        assert [i for i, row in rows.items() if row.is_pit] == [world.slip[r.rollout_id]]
 
 
 def test_noisy_teacher_q_estimates_are_unbiased(runs, world, served):
@@ -412,12 +419,14 @@ def test_every_dataset_lands_with_its_marker(runs, world, strategy):
     wrong_ids = {r.rollout_id for r in world.rollouts if r.rollout_id in world.slip}
     solved = [pid for pid in world.train if pid != world.unsolved]
     outcome = run.datasets["dpo_outcome"]
-    n_correct = {pid: sum(r.rollout_id in world.correct for r in world.of(pid)) for pid in solved}
-    n_wrong = {pid: sum(r.rollout_id in wrong_ids for r in world.of(pid)) for pid in solved}
-    assert len(outcome) == sum(min(PairsConfig().outcome_n, n_correct[p] * n_wrong[p]) for p in solved)
+    n_wrong = {pid: sum(r.rollout_id in wrong_ids for r in world.of(pid)) for pid in world.train}
+    # The default chosen side is the reference (D_syn): one per problem, the never-solved one's included.
+    assert len(outcome) == sum(min(PairsConfig().outcome_n, n) for n in n_wrong.values())
     for pairs in (outcome, run.datasets["dpo_edit"]):
-        assert all(x.chosen_rollout_id in world.correct and x.rejected_rollout_id in wrong_ids for x in pairs)
-    assert len(run.datasets["dpo_edit"]) == sum(n_correct.values())
+        assert all(x.chosen == format.completion(world.train[x.problem_id].solution) and x.chosen_rollout_id is None
+                   and x.chosen_source == "reference" and x.rejected_rollout_id in wrong_ids for x in pairs)
+    assert len(run.datasets["dpo_edit"]) == len(world.train)
+    assert run.marker("dpo_outcome")["metrics"]["chosen_sources"] == {"reference": len(outcome)}
     rft = run.datasets["rft"]
     assert sorted(e.problem_id for e in rft) == sorted(solved)  # equal solutions dedup to one per problem
 
@@ -436,16 +445,21 @@ def test_step_pairs_are_cut_at_the_slip(runs, world, strategy):
         x = cut[rid]
         assert (x.kind, x.pit_index, x.prompt) == ("step_cut", j, r.prompt)
         assert x.rejected == "".join(lines[:j] if j < len(lines) - 1 else lines)
-        assert x.chosen == reference and x.chosen_rollout_id in world.correct
+        assert (x.chosen, x.chosen_rollout_id, x.chosen_source) == (reference, None, "reference")
         y = prefix_pairs[rid]
         before = "".join(lines[: j - 1])
         assert (y.kind, y.pit_index, y.prompt) == ("step_prefix", j, r.prompt + before)
         assert y.chosen == reference[len(before) :]  # the teacher's (= the reference's) remainder
         assert y.rejected == x.rejected[len(before) :]
-        assert (y.chosen_rollout_id in world.correct) if j == 1 else y.chosen_rollout_id is None
-    skipped = {"no_credit": len(world.of(world.unsolved)), "no_answer": 1}
-    assert run.marker("dpo_step_cut")["metrics"]["skipped"] == skipped
-    assert run.marker("dpo_step_prefix")["metrics"]["skipped"] == skipped
+        # From the empty prefix the reference stands in; after it, a continuation credit sampled.
+        assert (y.chosen_rollout_id, y.chosen_source) == (None, "reference" if j == 1 else "continuation")
+    skipped = {"no_answer": 1}
+    final = sum(x.rejected == next(r.completion for r in world.rollouts if r.rollout_id == x.rejected_rollout_id)
+                for x in cut.values())
+    for name in ("dpo_step_cut", "dpo_step_prefix"):
+        metrics = run.marker(name)["metrics"]
+        assert (metrics["skipped"], metrics["pit_final"]) == (skipped, final)
+        assert metrics["problems"] == len(world.train)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -526,7 +540,7 @@ def resumed(world, served, tmp_path_factory) -> tuple[Run, list[dict], int]:
 def test_a_resumed_shard_reports_what_landed_without_sampling(resumed):
     run, first, requests = resumed
     assert requests == 0
-    keys = ("shard", "rows", "rollouts", "pits", "continuations")
+    keys = ("shard", "rollouts", "wrong", "unsolved", "pits", "pit_final", "continuations")
     assert [{k: s[k] for k in keys} for s in run.shards] == [{k: s[k] for k in keys} for s in first]
     metrics = run.marker("credit")["metrics"]
     assert metrics["continuations"] == sum(s["continuations"] for s in first)
@@ -535,6 +549,42 @@ def test_a_resumed_shard_reports_what_landed_without_sampling(resumed):
 
 def test_a_resumed_stage_still_counts_what_it_did_not_credit(resumed, world):
     run, first, _ = resumed
-    expected = {"no_steps": 1, "unsolved_question": len(world.of(world.unsolved))}
+    expected = {"no_steps": 1}
     assert sum((Counter(s["not_credited"]) for s in first), Counter()) == Counter(expected)
     assert run.marker("credit")["metrics"]["not_credited"] == expected
+
+
+# --- the chosen side and coverage --------------------------------------------------------------------------------
+
+
+def test_policy_chosen_sides_are_the_problems_own_correct_rollouts(runs, world):
+    """chosen=policy, as before the reference became the default: the never-solved problem yields no pair."""
+    run = runs("binary")
+    lk, rid = run.lake, run.run_id
+    credits = [row for rows in run.credits.values() for row in rows.values()]
+    built = build_all(PairsConfig(chosen="policy"), "auto", list(lk.read(rid, "problems", Problem)),
+                      list(lk.read(rid, "rollouts", Rollout)), list(lk.read(rid, "verdicts", Verdict)), credits, SEED)
+    unsolved = {r.rollout_id for r in world.of(world.unsolved)}
+    for name in ("dpo_outcome", "dpo_edit", "dpo_step_cut"):
+        rows = built[name].rows
+        assert rows and all(x.chosen_rollout_id in world.correct and x.chosen_source == "rollout" for x in rows)
+        assert not {x.rejected_rollout_id for x in rows} & unsolved
+        assert built[name].skipped["no_chosen"] == len(unsolved)
+    both = build_all(PairsConfig(chosen="both"), "auto", list(lk.read(rid, "problems", Problem)),
+                     list(lk.read(rid, "rollouts", Rollout)), list(lk.read(rid, "verdicts", Verdict)), credits, SEED)
+    assert len(both["dpo_edit"].rows) == len(built["dpo_edit"].rows) + len(world.train)
+
+
+def test_every_set_from_the_policys_samples_covers_the_problems_credit_covered(runs, world):
+    run = runs("binary", problems=3)
+    first = [p.problem_id for p in world.problems if p.split == "train"][:3]
+    assert {row.problem_id for rows in run.credits.values() for row in rows.values()} == set(first)
+    for name in DATASETS:
+        ids = {x.problem_id for x in run.datasets[name]}
+        metrics = run.marker(name)["metrics"]
+        assert metrics["problems"] == len(ids) and metrics["covered"] == 3
+        if name == "sft":  # D_syn whole: what pi_sft learned from
+            assert ids == set(world.train)
+        else:
+            assert ids and ids <= set(first), name
+    assert {x.problem_id for x in run.datasets["dpo_step_cut"]} == set(first)

@@ -29,6 +29,7 @@ from mathfactory.tasks.policy import PolicyConfig, policy_dir, train_policy
 from mathfactory.tasks.problems import ProblemsConfig, make_problems
 from mathfactory.tasks.stage import Stage
 from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.verify import VerifyConfig
 
 TINY = yaml.safe_load(TINY_PRESET.read_text())
 RUN = "tiny-eval"
@@ -163,7 +164,7 @@ def test_a_landed_shard_is_counted_not_redone(trained, tmp_path):
 
 def test_eval_stages_are_sharded_and_unknown_methods_refused(trained):
     task, args = shard_call(SFT, EVAL.model_dump(mode="json"), trained, RUN, 1, SEED)  # as a shard run gets it
-    assert task is eval_shard and args == (EVAL, trained, RUN, SFT, 1, SEED)
+    assert task is eval_shard and args == (EVAL, trained, RUN, SFT, 1, SEED, VerifyConfig())
     listing = "sft, rft, af_rft, dpo, step_dpo, edit_dpo"
     for call in (lambda: eval_stage("ppo"), lambda: shard_call("eval_ppo", {}, trained, RUN, 0, SEED),
                  lambda: eval_shard.fn(EVAL, trained, RUN, "eval_ppo", 0, SEED)):

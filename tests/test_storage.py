@@ -1,8 +1,17 @@
+import dataclasses
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mathfactory.tasks.core.records import EvalResult, Problem, StepwiseExample, Verdict
+from mathfactory.tasks.core.records import (
+    EvalResult,
+    PreferencePair,
+    Problem,
+    StepCredit,
+    StepwiseExample,
+    Verdict,
+)
 from mathfactory.tasks.storage import DataError, Lake, arrow_schema
 
 
@@ -52,6 +61,21 @@ def test_a_file_written_before_a_column_was_added_is_named_with_the_column(lake)
     with pytest.raises(DataError, match=r"part-00000.parquet: no column predicted for Verdict: written by another "
                                         r"version of mathfactory \(schema 1, this one reads \d+\)"):
         list(lake.read("run", "verdicts", Verdict))
+
+
+def test_a_column_added_with_a_default_reads_as_that_default_from_older_files(lake):
+    """StepCredit.n_correct and PreferencePair.chosen_source arrived in schema 3 with a default (None): a lake
+    written before them still reads."""
+    pair = PreferencePair("x", "outcome", "p", "Q", "good", "bad", "c", "w", None, "rollout")
+    credit = StepCredit("w", "p", 1, "step", 5, 0.5, None, 4, "linear", False, None, 2)
+    for stage, record, row, added in (("dpo", PreferencePair, pair, "chosen_source"),
+                                      ("credit", StepCredit, credit, "n_correct")):
+        old = pa.schema([f for f in arrow_schema(record) if f.name != added], metadata={"schema_version": "2"})
+        lake.fs.makedirs(lake.stage_path("run", stage), exist_ok=True)
+        with lake.fs.open(lake.part_path("run", stage, 0), "wb") as f:
+            pq.write_table(pa.table({n: [getattr(row, n)] for n in old.names}, schema=old), f)
+        lake.commit("run", stage, record)
+        assert list(lake.read("run", stage, record)) == [dataclasses.replace(row, **{added: None})]
 
 
 def test_lists_of_optional_values_round_trip(lake):

@@ -10,6 +10,12 @@ the first reason that kept it out. Shared reasons, counted by every rollout buil
   is mostly a format or length failure, not the reasoning error per-step credit is about, and `timeout` means the
   grader could not decide, so the rollout may even be right.
 
+The chosen side of a pair comes from `chosen` (CHOSEN): `policy`, the problem's own correct rollouts; `reference`,
+its reference solution (D_syn, written by the capable model that pi_sft learned from: Setlur et al.'s per-step DPO
+pairs the learner's negatives with these positives, so a problem the learner never solves still yields pairs);
+`both`, either. Every pair records its chosen side's source: rollout, reference, or continuation (sampled from the
+prefix before the pit during credit, Self-Explore's form).
+
 Rollouts are grouped by (problem_id, prompt), so the two sides of a pair always share their prompt (caps "per
 problem" are per group; the sample stage writes one prompt per problem), and sorted by rollout_id, so the order
 the lake returns them in never matters. Random choices draw from a `random.Random` seeded by the builder, `seed`
@@ -22,7 +28,7 @@ import random
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
@@ -40,22 +46,50 @@ from mathfactory.tasks.core.records import (
 T = TypeVar("T")
 DEDUPS = ("equations", "edit_distance")
 UNITS = ("char", "step")
+CHOSEN = ("policy", "reference", "both")
 
 
 @dataclass(frozen=True)
 class Built(Generic[T]):
     rows: list[T]
     skipped: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)  # what a builder notes of its rows (e.g. pit_final)
+
+
+@dataclass(frozen=True)
+class Side:
+    """A chosen side: its text, the rollout it is if it is a whole rollout of the policy, and its source."""
+
+    text: str
+    rollout_id: str | None
+    source: str  # rollout | reference | continuation
 
 
 @dataclass
 class _Group:
-    correct: list[Rollout] = field(default_factory=list)  # chosen sides
+    correct: list[Rollout] = field(default_factory=list)  # the policy's verified solutions
     wrong: list[Rollout] = field(default_factory=list)  # rejected sides
+    reference: str | None = None  # the problem's reference completion (D_syn), if given
+
+    def chosen(self, chosen: str) -> list[Side]:
+        """The group's chosen sides under `chosen` (CHOSEN), the policy's rollouts first."""
+        if chosen not in CHOSEN:
+            raise ValueError(f"chosen must be one of {CHOSEN}, got {chosen!r}")
+        sides = [Side(r.completion, r.rollout_id, "rollout") for r in self.correct] if chosen != "reference" else []
+        if chosen != "policy" and self.reference:
+            sides.append(Side(self.reference, None, "reference"))
+        return sides
 
 
-def _groups(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], skipped: Counter[str]):
-    """(problem_id, prompt) -> usable rollouts, in key order; the others are counted in `skipped`."""
+def references(problems: Iterable[Problem]) -> dict[str, str]:
+    """problem_id -> its reference solution as a completion (the D_syn text pi_sft learned), for chosen sides."""
+    return {p.problem_id: format.completion(p.solution) for p in problems if p.solution.strip()}
+
+
+def _groups(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], skipped: Counter[str],
+            refs: Mapping[str, str] | None = None):
+    """(problem_id, prompt) -> usable rollouts (and the reference), in key order; the others are counted in
+    `skipped`."""
     reason_of = {v.rollout_id: v.reason for v in verdicts}
     groups: dict[tuple[str, str], _Group] = defaultdict(_Group)
     for r in rollouts:
@@ -70,9 +104,10 @@ def _groups(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], skipped: C
             groups[r.problem_id, r.prompt].wrong.append(r)
         else:
             skipped[reason] += 1
-    for g in groups.values():
+    for (problem_id, _), g in groups.items():
         g.correct.sort(key=lambda r: r.rollout_id)
         g.wrong.sort(key=lambda r: r.rollout_id)
+        g.reference = (refs or {}).get(problem_id)
     return sorted(groups.items())
 
 
@@ -202,25 +237,26 @@ def rft_advantage(positives: Iterable[SFTExample], credits: Iterable[StepCredit]
 # --- preference pairs -------------------------------------------------------------------------------------
 
 
-def _both_sides(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], skipped: Counter[str]):
-    """The groups with both a correct and a wrong rollout; the others' rollouts are counted as `no_rejected` /
-    `no_chosen`."""
-    for key, g in _groups(rollouts, verdicts, skipped):
-        if g.correct and g.wrong:
-            yield key, g
+def _both_sides(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], skipped: Counter[str], chosen: str,
+                refs: Mapping[str, str] | None):
+    """(key, chosen sides, wrong rollouts) of the groups that have both; the others' rollouts are counted as
+    `no_rejected` / `no_chosen`."""
+    for key, g in _groups(rollouts, verdicts, skipped, refs):
+        sides = g.chosen(chosen)
+        if sides and g.wrong:
+            yield key, sides, g.wrong
         else:
-            skipped["no_rejected" if g.correct else "no_chosen"] += len(g.correct) + len(g.wrong)
+            skipped["no_rejected" if sides else "no_chosen"] += len(g.correct) + len(g.wrong)
 
 
-def outcome_pairs(
-    rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], n: int, seed: int = 0
-) -> Built[PreferencePair]:
-    """Naive outcome DPO (the control): up to `n` random (correct, wrong) pairs per problem, without repeats.
+def outcome_pairs(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], n: int, seed: int = 0,
+                  chosen: str = "policy", refs: Mapping[str, str] | None = None) -> Built[PreferencePair]:
+    """Naive outcome DPO (the control): up to `n` random (chosen side, wrong) pairs per problem, without repeats.
 
     Skips: the shared reasons; `no_chosen` / `no_rejected` count the rollouts of problems lacking the other side."""
     rows, skipped = [], Counter()
-    for key, g in _both_sides(rollouts, verdicts, skipped):
-        candidates = [(c, w) for c in g.correct for w in g.wrong]
+    for key, sides, wrong in _both_sides(rollouts, verdicts, skipped, chosen, refs):
+        candidates = [(c, w) for c in sides for w in wrong]
         rows += [
             _pair("outcome", c, w)
             for c, w in _rng("outcome", seed, key).sample(candidates, min(n, len(candidates)))
@@ -228,19 +264,20 @@ def outcome_pairs(
     return Built(rows, skipped)
 
 
-def _pair(kind: str, chosen: Rollout, rejected: Rollout, pit: StepCredit | None = None) -> PreferencePair:
+def _pair(kind: str, chosen: Side, rejected: Rollout, pit: StepCredit | None = None) -> PreferencePair:
     pit_index = None if pit is None else pit.step_index
     text = rejected.completion if pit is None else rejected.completion[: pit.end]
     return PreferencePair(
-        stable_id(kind, chosen.rollout_id, rejected.rollout_id, pit_index),
+        stable_id(kind, chosen.rollout_id or chosen.source, rejected.rollout_id, pit_index),
         kind,
         rejected.problem_id,
         rejected.prompt,
-        chosen.completion,
+        chosen.text,
         text,
         chosen.rollout_id,
         rejected.rollout_id,
         pit_index,
+        chosen.source,
     )
 
 
@@ -287,16 +324,15 @@ def edit_distance(a: str, b: str, unit: str = "char") -> float:
     return levenshtein(x, y) / max(len(x), len(y)) if x or y else 0.0
 
 
-def edit_distance_pairs(
-    rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], unit: str = "char"
-) -> Built[PreferencePair]:
-    """Each correct rollout paired with the wrong one of its problem most distant from it (ties: lowest id).
+def edit_distance_pairs(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], unit: str = "char",
+                        chosen: str = "policy", refs: Mapping[str, str] | None = None) -> Built[PreferencePair]:
+    """Each chosen side paired with the wrong rollout of its problem most distant from it (ties: lowest id).
 
     Skips: the shared reasons; `no_rejected` / `no_chosen` count the rollouts of problems lacking the other side."""
     rows, skipped = [], Counter()
-    for _, g in _both_sides(rollouts, verdicts, skipped):
-        for c in g.correct:
-            w = max(g.wrong, key=lambda r, c=c: edit_distance(c.completion, r.completion, unit))
+    for _, sides, wrong in _both_sides(rollouts, verdicts, skipped, chosen, refs):
+        for c in sides:
+            w = max(wrong, key=lambda r, c=c: edit_distance(c.text, r.completion, unit))
             rows.append(_pair("edit_distance", c, w))
     return Built(rows, skipped)
 
@@ -308,60 +344,56 @@ def _credit_by_step(credits: Iterable[StepCredit]) -> dict[str, dict[int, StepCr
     return table
 
 
-def _first_pit(steps: dict[int, StepCredit]) -> StepCredit | None:
+def _pit(steps: dict[int, StepCredit]) -> StepCredit | None:
     pits = [c for c in steps.values() if c.is_pit and c.step_index >= 1]
     return min(pits, key=lambda c: c.step_index, default=None)
 
 
-def step_cut(
-    rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], credits: Iterable[StepCredit], seed: int = 0
-) -> Built[PreferencePair]:
-    """Per-step DPO pairs in Setlur et al.'s form: (question, a random correct solution of the problem, the wrong
-    rollout cut after its first pit, steps 1..pit). One pair per wrong rollout.
+def step_cut(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], credits: Iterable[StepCredit], seed: int = 0,
+             chosen: str = "policy", refs: Mapping[str, str] | None = None) -> Built[PreferencePair]:
+    """Per-step DPO pairs in Setlur et al.'s form: (question, a random chosen side of the problem, the wrong
+    rollout cut after its pit, steps 1..pit). One pair per wrong rollout; `counts["pit_final"]`: pairs whose pit
+    is the last step, so their rejected side is the whole wrong solution (a naive pair in disguise).
 
-    Skips: the shared reasons; for wrong rollouts `no_credit`, `no_pit`, `no_chosen` (the problem has no usable
-    correct rollout)."""
+    Skips: the shared reasons; for wrong rollouts `no_credit`, `no_pit`, `no_chosen` (the problem has no chosen
+    side under `chosen`)."""
     table = _credit_by_step(credits)
-    rows, skipped = [], Counter()
-    for key, g in _groups(rollouts, verdicts, skipped):
-        rng = _rng("step_cut", seed, key)
+    rows, skipped, counts = [], Counter(), Counter()
+    for key, g in _groups(rollouts, verdicts, skipped, refs):
+        rng, sides = _rng("step_cut", seed, key), g.chosen(chosen)
         for w in g.wrong:
-            pit = _first_pit(table.get(w.rollout_id, {}))
-            if w.rollout_id not in table:
+            steps = table.get(w.rollout_id, {})
+            pit = _pit(steps)
+            if not steps:
                 skipped["no_credit"] += 1
             elif pit is None:
                 skipped["no_pit"] += 1
-            elif not g.correct:
+            elif not sides:
                 skipped["no_chosen"] += 1
             else:
-                rows.append(_pair("step_cut", rng.choice(g.correct), w, pit))
-    return Built(rows, skipped)
+                rows.append(_pair("step_cut", rng.choice(sides), w, pit))
+                counts["pit_final"] += pit.end >= len(w.completion)
+    return Built(rows, skipped, counts)
 
 
-def _continuation(before: StepCredit, g: _Group) -> tuple[str, str | None] | None:
-    """A verified continuation of the prefix before the pit, and its rollout id if it is a whole rollout: from
-    the empty prefix (pit at step 1) the problem's own correct rollouts are such continuations."""
-    if before.correct_continuation is not None:
-        return before.correct_continuation, None
-    if before.step_index == 0 and g.correct:
-        return g.correct[0].completion, g.correct[0].rollout_id
-    return None
-
-
-def step_prefix(
-    rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], credits: Iterable[StepCredit]
-) -> Built[PreferencePair]:
-    """Per-step DPO pairs in Self-Explore's form: prompt = question + the steps before the first pit, chosen = a
+def step_prefix(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], credits: Iterable[StepCredit],
+                chosen: str = "policy", refs: Mapping[str, str] | None = None) -> Built[PreferencePair]:
+    """Per-step DPO pairs in Self-Explore's form: prompt = question + the steps before the pit, chosen = a
     verified continuation sampled from that prefix during credit, rejected = the pit step. One per wrong rollout.
+
+    From the empty prefix (pit at step 1) a whole solution is a continuation too, so where none was sampled the
+    problem's first chosen side under `chosen` stands in. A longer prefix is the rollout's own: neither the
+    reference nor another rollout continues it, so without a verified continuation there is no pair.
 
     Skips: the shared reasons; for wrong rollouts `no_credit`, `no_pit`, `no_prefix_row` (credit never visited
     the step before the pit), `no_correct_continuation` (none of its continuations verified)."""
     table = _credit_by_step(credits)
-    rows, skipped = [], Counter()
-    for _, g in _groups(rollouts, verdicts, skipped):
+    rows, skipped, counts = [], Counter(), Counter()
+    for _, g in _groups(rollouts, verdicts, skipped, refs):
+        sides = g.chosen(chosen)
         for w in g.wrong:
             steps = table.get(w.rollout_id, {})
-            pit = _first_pit(steps)
+            pit = _pit(steps)
             before = steps.get(pit.step_index - 1) if pit else None
             if not steps:
                 skipped["no_credit"] += 1
@@ -369,20 +401,30 @@ def step_prefix(
                 skipped["no_pit"] += 1
             elif before is None:
                 skipped["no_prefix_row"] += 1
-            elif (chosen := _continuation(before, g)) is None:
+            elif (side := _prefix_side(before, sides)) is None:
                 skipped["no_correct_continuation"] += 1
             else:
-                rows.append(
-                    PreferencePair(
-                        stable_id("step_prefix", w.rollout_id, pit.step_index),
-                        "step_prefix",
-                        w.problem_id,
-                        w.prompt + w.completion[: before.end],
-                        chosen[0],
-                        w.completion[before.end : pit.end],
-                        chosen[1],
-                        w.rollout_id,
-                        pit.step_index,
-                    )
-                )
-    return Built(rows, skipped)
+                rows.append(_prefix_pair(w, before, pit, side))
+                counts["pit_final"] += pit.end >= len(w.completion)
+    return Built(rows, skipped, counts)
+
+
+def _prefix_side(before: StepCredit, sides: list[Side]) -> Side | None:
+    if before.correct_continuation is not None:
+        return Side(before.correct_continuation, None, "continuation")
+    return sides[0] if before.step_index == 0 and sides else None
+
+
+def _prefix_pair(w: Rollout, before: StepCredit, pit: StepCredit, chosen: Side) -> PreferencePair:
+    return PreferencePair(
+        stable_id("step_prefix", w.rollout_id, pit.step_index),
+        "step_prefix",
+        w.problem_id,
+        w.prompt + w.completion[: before.end],
+        chosen.text,
+        w.completion[before.end : pit.end],
+        chosen.rollout_id,
+        w.rollout_id,
+        pit.step_index,
+        chosen.source,
+    )

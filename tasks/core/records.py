@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2  # 2: SeedScore.preview
+SCHEMA_VERSION = 3  # 2: SeedScore.preview; 3: StepCredit.n_correct, q None unless estimated; PreferencePair.chosen_source
 
 # Why a rollout got its verdict. Every verdict carries exactly one of these.
 REASONS = ("correct", "wrong", "no_answer", "unparseable", "timeout")
@@ -64,20 +64,22 @@ class Verdict:
 class StepCredit:
     """One labelled step of a rollout: Monte-Carlo Q_i = P(correct | question, steps 1..i), Setlur et al. eq. (1).
 
-    Step 0 is the empty prefix (Q_0, the question's success rate under the policy). Strategies that skip steps
-    (`binary`, `scan`) emit rows only for the steps they visited, so `advantage` is None unless step i-1 is known."""
+    Step 0 is the empty prefix (Q_0, from the question's own rollouts); step n is the verdict. Strategies that skip
+    steps (`binary`, `scan`) emit rows only for the steps they visited, and a probe they stopped at its first
+    verified continuation is no estimate: its q is None, and n_correct >= 1 of n_continuations says Q > 0."""
 
     rollout_id: str
     problem_id: str
     step_index: int  # 0 = the question alone; i >= 1 = after the i-th step
     step_text: str  # the i-th step as it appears in the completion ("" for step 0)
     end: int  # character offset in the completion where the prefix ends: completion[:end] is steps 1..i
-    q: float  # fraction of continuations from this prefix that verify (optionally Best-of-K transformed)
-    advantage: float | None  # A_i = Q_i - Q_{i-1}
-    n_continuations: int
+    q: float | None  # Best-of-K Q from all M continuations (tasks/core/credit.py); None where probing stopped early
+    advantage: float | None  # A_i = Q_i - Q_{i-1}, where both are estimates
+    n_continuations: int  # draws from this prefix (step 0: the question's rollouts; step n: 0, the verdict)
     strategy: str  # linear | scan | binary
-    is_pit: bool  # the rollout's first pit: the first step with the lowest Q
+    is_pit: bool  # the rollout's pit, by the credit stage's rule (its marker's `pit`)
     correct_continuation: str | None  # one verified continuation from this prefix (per-step DPO's chosen side)
+    n_correct: int | None = None  # of the draws, how many verified (step n: the verdict); None before schema 3
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,10 @@ class PreferencePair:
     prompt: str  # for step_prefix: the question + the steps before the pit
     chosen: str
     rejected: str
-    chosen_rollout_id: str | None  # None when chosen is a continuation sampled during credit
+    chosen_rollout_id: str | None  # None unless chosen is a whole rollout of the policy
     rejected_rollout_id: str
-    pit_index: int | None  # the rejected rollout's first pit (per-step kinds)
+    pit_index: int | None  # the rejected rollout's pit (per-step kinds)
+    chosen_source: str | None = None  # rollout | reference (D_syn) | continuation (from the prefix); None before schema 3
 
 
 @dataclass(frozen=True)

@@ -264,14 +264,14 @@ def test_step_prefix_prompts_with_the_steps_before_the_pit():
             chosen_rollout_id=None,
             rejected_rollout_id="w-slip",
             pit_index=2,
+            chosen_source="continuation",
         )
     ]
     # w-wild falls at step 1 and no continuation from the question verified: the problem's first correct
     # rollout (by id) is a verified continuation of the empty prefix, so it is the chosen side.
     completions = {r.rollout_id: r.completion for r in ROLLOUTS}
-    assert [(p.rejected_rollout_id, p.prompt, p.chosen, p.chosen_rollout_id) for p in built.rows[1:]] == [
-        ("w-wild", P1, completions[min(CORRECT_P1)], min(CORRECT_P1))
-    ]
+    assert [(p.rejected_rollout_id, p.prompt, p.chosen, p.chosen_rollout_id, p.chosen_source)
+            for p in built.rows[1:]] == [("w-wild", P1, completions[min(CORRECT_P1)], min(CORRECT_P1), "rollout")]
     assert built.skipped == {
         **SHARED_SKIPS,
         "no_prefix_row": 1,
@@ -288,6 +288,57 @@ def test_step_prefix_at_the_first_step_prompts_with_the_question_alone():
     assert [(p.prompt, p.chosen, p.rejected, p.pit_index) for p in wild] == [
         (P1, text(RIGHT), WILD[0] + "\n", 1)
     ]
+
+
+# The reference solutions (D_syn): p2 is a problem the policy never solved.
+REFS = pairs.references([Problem("p1", "toy", "train", "toy", Q1, text(RIGHT), "6"),
+                         Problem("p2", "toy", "train", "toy", Q2, "4+2=<<4+2=6>>6\n#### 6", "6")])
+
+
+def test_the_reference_is_the_chosen_side_even_for_a_problem_never_solved():
+    built = pairs.step_cut(ROLLOUTS, VERDICTS, CREDITS, chosen="reference", refs=REFS)
+    by_rejected = {p.rejected_rollout_id: p for p in built.rows}
+    assert set(by_rejected) == {"w-slip", "w-wild", "w2-binary"}  # w2-binary: no correct rollout, still a pair
+    assert all(p.chosen == REFS[p.problem_id] and p.chosen_rollout_id is None and p.chosen_source == "reference"
+               for p in built.rows)
+    assert by_rejected["w2-binary"].rejected == "4+2=<<4+2=7>>7\n7 coins\n"
+    assert built.skipped == {**SHARED_SKIPS, "no_credit": 1, "no_pit": 1}
+    assert built.counts == {"pit_final": 0}
+
+
+def test_both_draws_the_chosen_side_from_the_rollouts_and_the_reference():
+    sources = Counter(p.chosen_source for s in range(20) for p in
+                      pairs.step_cut(ROLLOUTS, VERDICTS, CREDITS, seed=s, chosen="both", refs=REFS).rows)
+    assert set(sources) == {"rollout", "reference"} and sources.total() == 60
+    outcome = pairs.outcome_pairs(ROLLOUTS, VERDICTS, n=100, chosen="both", refs=REFS).rows
+    assert Counter(p.chosen_source for p in outcome) == {"rollout": 4 * 2, "reference": 2 + 3}
+    edit = pairs.edit_distance_pairs(ROLLOUTS, VERDICTS, chosen="reference", refs=REFS).rows
+    assert [(p.problem_id, p.chosen_source) for p in edit] == [("p1", "reference"), ("p2", "reference")]
+
+
+def test_step_prefix_takes_the_reference_only_where_it_continues_the_prefix():
+    """w-wild falls at step 1 (empty prefix: the reference continues it); w2-binary at step 2 of its own steps,
+    which the reference does not continue, and no continuation from step 1 was kept."""
+    credits = [*CREDITS, sc("w2-binary", "p2", ["4+2=<<4+2=7>>7", "7 coins", "#### 7"], 1, None, None,
+                            strategy="binary")]
+    built = pairs.step_prefix(ROLLOUTS, VERDICTS, credits, chosen="reference", refs=REFS)
+    wild = next(p for p in built.rows if p.rejected_rollout_id == "w-wild")
+    assert (wild.prompt, wild.chosen, wild.chosen_source) == (P1, REFS["p1"], "reference")
+    assert built.skipped["no_correct_continuation"] == 1
+    assert {p.rejected_rollout_id for p in built.rows} == {"w-slip", "w-wild"}
+
+
+def test_pairs_whose_pit_is_the_last_step_are_counted():
+    credits = [*CREDITS, sc("w2-flat", "p2", ["4+2=<<4+2=5>>5", "#### 5"], 2, 0.0, 0.0, pit=True)]
+    built = pairs.step_cut(ROLLOUTS, VERDICTS, credits, chosen="reference", refs=REFS)
+    flat = next(p for p in built.rows if p.rejected_rollout_id == "w2-flat")
+    assert flat.rejected == text(["4+2=<<4+2=5>>5", "#### 5"])  # the whole wrong solution: a naive pair
+    assert built.counts == {"pit_final": 1}
+
+
+def test_unknown_chosen_source_fails_loudly():
+    with pytest.raises(ValueError, match="chosen"):
+        pairs.step_cut(ROLLOUTS, VERDICTS, CREDITS, chosen="teacher")
 
 
 def test_outcome_pairs_are_distinct_random_pairs_capped_at_n():

@@ -297,10 +297,11 @@ def test_deployment_runner_gives_the_local_runners_rows(tiny, lake_path, local_r
     assert stage_metrics(lake_path, "deployment", tiny.run_id()) == stage_metrics(lake_path, "local", tiny.run_id())
 
     lake = str(lake_path)  # where the run was made, before it was moved aside
+    grading = tiny.verify.model_dump(mode="json")  # the stages that grade get the run's verify settings
     expected = {idempotency_key(shard_parameters(stage, cfg.model_dump(mode="json"), lake, tiny.run_id(), s,
-                                                 tiny.seed))
-                for stage, cfg in (("rollouts", tiny.sample), ("verdicts", tiny.verify), ("credit", tiny.credit),
-                                   ("eval_sft", tiny.evaluate))
+                                                 tiny.seed, judged))
+                for stage, cfg, judged in (("rollouts", tiny.sample, None), ("verdicts", tiny.verify, None),
+                                           ("credit", tiny.credit, grading), ("eval_sft", tiny.evaluate, grading))
                 for s in range(2)}
     runs = shard_flow_runs()
     assert {r.idempotency_key for r in runs} == expected

@@ -132,8 +132,9 @@ METHODS = ["rft", "af_rft", "dpo", "step_dpo", "edit_dpo"]
 
 
 def test_every_method_is_trained_evaluated_and_compared_and_a_failed_one_named(run):
-    """The tiny run's data with toy training sets in place of its empty ones (a 4-step policy solves nothing),
-    except dpo_edit: edit_dpo fails on its empty set, the other methods still train and are evaluated."""
+    """The tiny run's data with toy training sets in place of its tiny ones (a 4-step policy solves nothing),
+    except dpo_edit: edit_dpo fails on its set (a reference pair per problem, fewer than a batch), the other
+    methods still train and are evaluated."""
     cfg, _ = run
     sets = [f"train.methods={json.dumps(METHODS)}", *(f"train.trl_args.{m}.max_steps=2" for m in METHODS)]
     full = load_preset(str(TINY_PRESET), [f"lake={cfg.lake}", *sets])
@@ -150,7 +151,8 @@ def test_every_method_is_trained_evaluated_and_compared_and_a_failed_one_named(r
     result = cli.invoke(app, ["run", "--preset", str(TINY_PRESET), "--lake", cfg.lake,
                               *(a for s in sets for a in ("--set", s))])
     assert result.exit_code == 1, result.output
-    assert "training failed for edit_dpo" in result.output and "dpo_edit has 0 rows" in result.output
+    assert "training failed for edit_dpo" in result.output
+    assert re.search(r"dpo_edit has \d rows, fewer than one batch of 8", result.output)
     stages = lake.stages(run_id)
     trained = [m for m in METHODS if m != "edit_dpo"]
     assert {f"train_{m}" for m in trained} <= set(stages) and "train_edit_dpo" not in stages

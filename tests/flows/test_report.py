@@ -8,22 +8,25 @@ ROLLOUT = Rollout("r1", "p1", "train", "grade_school", "pol", 0, "Question: Ava 
                   COMPLETION, 30, "stop", 0.8, 0)
 
 
-def row(i, end, q, adv, pit=False):
-    return StepCredit("r1", "p1", i, "", end, q, adv, 4, "linear", pit, None)
+def row(i, end, q, adv, pit=False, n=4, correct=None):
+    return StepCredit("r1", "p1", i, "", end, q, adv, n, "linear", pit, None, correct)
 
 
 def test_a_credited_rollout_shows_q_advantage_and_its_pit():
     cut = COMPLETION.index("\n") + 1
     steps = split_steps(COMPLETION)
     assert [s.end for s in steps] == [cut, len(COMPLETION)]
-    text = render_credit(ROLLOUT, steps, [row(0, 0, 0.5, None), row(2, len(COMPLETION), 0.0, -0.75, pit=True)])
+    text = render_credit(ROLLOUT, steps, [row(0, 0, 0.5, None, correct=2),
+                                          row(2, len(COMPLETION), 0.0, -0.75, pit=True)])
     lines = text.splitlines()
-    assert "Q_0 = 0.50" in text and "over 4 samples" in text
+    assert "2 of the question's 4 samples verified, Q_0 = 0.50" in text
     step1 = next(line for line in lines if "step  1" in line)
     assert "Q=" not in step1 and "5+3" in step1 and "pit" not in step1  # a step the strategy did not visit
     step2 = next(line for line in lines if "step  2" in line)
-    assert "Q=0.00" in step2 and "A=-0.75" in step2 and "8-2" in step2 and step2.endswith("<-- first pit")
+    assert "Q=0.00" in step2 and "A=-0.75" in step2 and "8-2" in step2 and step2.endswith("<-- pit")
     assert "#### 7" in text  # the last step keeps its answer line
+    stopped = render_credit(ROLLOUT, steps, [row(1, cut, None, None, n=2, correct=1)])
+    assert "Q>0 (1/2)" in stopped  # a probe stopped at its first success: Q > 0 known, no estimate
 
 
 def evaluated(lake: Lake, method: str, passed: int, voted: int, n: int = 30, k: int = 4) -> None:
