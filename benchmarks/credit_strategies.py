@@ -16,8 +16,9 @@ import random
 from collections import defaultdict
 from statistics import mean
 
-from mathfactory.tasks.core.credit import STRATEGIES, Continuation, Sampler, Target, credit
+from mathfactory.tasks.core.credit import Target, credit
 from mathfactory.tasks.core.steps import Step
+from mathfactory.tasks.core.strategies import STRATEGIES, Continuation, Sampler
 
 
 def synthetic_traces(

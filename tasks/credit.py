@@ -22,6 +22,7 @@ from mathfactory.tasks.core import credit as mc
 from mathfactory.tasks.core import format
 from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, Verdict, stable_id
 from mathfactory.tasks.core.steps import split_steps
+from mathfactory.tasks.core.strategies import Continuation
 from mathfactory.tasks.engines import EngineOptions, OpenAIOptions, TransformersOptions, load_engine
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.policy import policy_dir
@@ -124,10 +125,10 @@ def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: in
     t0 = time.perf_counter()
 
     with judge(grading or VerifyConfig()) as grader:
-        def sample(requests: list[tuple[Hashable, int, int]]) -> list[list[mc.Continuation]]:
+        def sample(requests: list[tuple[Hashable, int, int]]) -> list[list[Continuation]]:
             """One labelling round: every requested prefix continued k times, grouped by k into engine calls."""
             counts["rounds"] += 1
-            out: list[list[mc.Continuation] | None] = [None] * len(requests)
+            out: list[list[Continuation] | None] = [None] * len(requests)
             by_k: dict[int, list[int]] = defaultdict(list)
             for j, (_, _, k) in enumerate(requests):
                 by_k[k].append(j)
@@ -147,7 +148,7 @@ def credit_shard(cfg: CreditConfig, lake: str, run_id: str, shard: int, seed: in
                                                                                        strict=True) for c in cs)
                 grades_it = iter(grades)
                 for j, cs in zip(js, outs, strict=True):
-                    out[j] = [mc.Continuation(next(grades_it).correct, c.text) for c in cs]
+                    out[j] = [Continuation(next(grades_it).correct, c.text) for c in cs]
                     counts["tokens"] += sum(c.n_tokens for c in cs)
                 counts["continuations"] += k * len(js)
                 bar.update(k * len(js))

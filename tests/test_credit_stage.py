@@ -15,9 +15,9 @@ from engines.openai_app import Faults, Record, Server, make_app
 from teacher import ScriptedTeacher, wrong_completion
 
 from mathfactory.tasks.core import format
-from mathfactory.tasks.core.credit import STRATEGIES
 from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, Verdict, stable_id
 from mathfactory.tasks.core.steps import split_steps
+from mathfactory.tasks.core.strategies import STRATEGIES
 from mathfactory.tasks.credit import CreditConfig, commit_credit, credit_shard
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.engines import OpenAIOptions

@@ -8,20 +8,18 @@ import random
 import pytest
 
 from mathfactory.tasks.core.credit import (
-    Continuation,
     Target,
     advantages,
     best_of_k,
     check,
     credit,
     first_zero,
-    label_all,
-    labeler,
     max_drop,
     stepwise_example,
     tally,
 )
 from mathfactory.tasks.core.steps import Step
+from mathfactory.tasks.core.strategies import Continuation, label_all, labeler
 
 
 def brute_best_of_k(c, m, k):
