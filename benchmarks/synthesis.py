@@ -23,13 +23,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from mathfactory.flows.config import load_preset  # noqa: E402
 from mathfactory.flows.synthesis import synthesis  # noqa: E402
-from mathfactory.tasks.core.records import SeedText, SynthOutput, stable_id  # noqa: E402
+from mathfactory.tasks.core.records import SynthOutput, stable_id  # noqa: E402
 from mathfactory.tasks.distill import check_output, load_templates, teacher  # noqa: E402
 from mathfactory.tasks.engines.base import SamplingParams  # noqa: E402
 from mathfactory.tasks.gate import GATES, apply_gates  # noqa: E402
-from mathfactory.tasks.storage import Lake  # noqa: E402
-from mathfactory.tasks.synthesize import STAGE as OUTPUTS  # noqa: E402
-from mathfactory.tasks.synthesize import prompts  # noqa: E402
+from mathfactory.tasks.seeds import SEEDS  # noqa: E402
+from mathfactory.tasks.stage import Run  # noqa: E402
+from mathfactory.tasks.synthesize import OUTPUTS, prompts  # noqa: E402
 
 
 def gate_counts(cfg, lake: str, seed: int, outputs: list[SynthOutput], own: bool) -> dict[str, int]:
@@ -40,11 +40,10 @@ def gate_counts(cfg, lake: str, seed: int, outputs: list[SynthOutput], own: bool
     return {**summary["dropped"], "kept": summary["kept"]}
 
 
-def teacher_outputs(cfg, lake: str, run_id: str, seed: int) -> tuple[list[SynthOutput], float]:
+def teacher_outputs(cfg, run: Run, seed: int) -> tuple[list[SynthOutput], float]:
     """The teacher on the synthesizer's prompts, every request paid (a fresh cache); outputs and seconds."""
     templates = load_templates(cfg.teacher.templates)
-    work = list(prompts(cfg.generate, cfg.generate.stages or list(templates.stages),
-                        Lake(lake).read(run_id, "seeds", SeedText)))
+    work = list(prompts(cfg.generate, cfg.generate.stages or list(templates.stages), run.read(SEEDS)))
     client = teacher(cfg.teacher, f"memory://bench-{time.time_ns()}", validate=check_output)
     params = SamplingParams(temperature=cfg.generate.temperature, max_new_tokens=cfg.generate.max_new_tokens,
                             seed=seed)
@@ -62,17 +61,17 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="section.field=value overrides")
     args = ap.parse_args()
     config = load_preset(args.preset, [f"lake={args.lake}", "problems.source=synthesizer", *args.sets])
-    cfg, run_id, seed = config.synthesis, config.run_id(), config.seed_for(None)
-    synthesis(cfg, config.lake, run_id, seed)
-    lake = Lake(config.lake)
-    marker = lake.marker(run_id, OUTPUTS)
-    synth = list(lake.read(run_id, OUTPUTS, SynthOutput))
+    cfg, seed = config.synthesis, config.seed_for(None)
+    run = Run(lake=config.lake, run_id=config.run_id(), seed=seed, grading=config.verify)
+    synthesis(cfg, run)
+    marker = run.marker(OUTPUTS.name)
+    synth = list(run.read(OUTPUTS))
     synth_s = marker["seconds"]
-    teach, teach_s = teacher_outputs(cfg, config.lake, run_id, seed)
+    teach, teach_s = teacher_outputs(cfg, run, seed)
     rows = [("synthesizer, own solutions", synth, synth_s, True),
             ("synthesizer, teacher solves", synth, synth_s, False),
             ("teacher", teach, teach_s, True)]
-    print(f"run {run_id}: {len(synth)} prompts (seed text x stage); teacher {cfg.teacher.engine.kind}, "
+    print(f"run {run.run_id}: {len(synth)} prompts (seed text x stage); teacher {cfg.teacher.engine.kind}, "
           f"synthesizer on {cfg.generate.engine.kind}")
     print(f"{'path':<28} {'outputs/s':>10} {'kept/s':>8}  " + " ".join(f"{g[:10]:>10}" for g in GATES) + "       kept")
     kept = {}

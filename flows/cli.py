@@ -14,7 +14,7 @@ from rich.table import Table
 from mathfactory.flows.backfill import DEPLOYMENT
 from mathfactory.flows.config import ConfigError, load_preset
 from mathfactory.flows.report import print_tables
-from mathfactory.tasks.core.records import RECORDS, Problem, Rollout, StepCredit
+from mathfactory.tasks.core.records import RECORDS
 from mathfactory.tasks.storage import DataError, Lake
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -95,16 +95,20 @@ def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake p
 def _show_credit(lk: Lake, run_id: str, n: int) -> None:
     """n credited rollouts, those with a pit first: steps with Q and advantage, the pit marked."""
     from mathfactory.flows.report import render_credit
-    from mathfactory.tasks.core.steps import split_steps
-    from mathfactory.tasks.credit import style_for
+    from mathfactory.tasks.core.steps import split_steps, style_for
+    from mathfactory.tasks.credit import CREDIT
+    from mathfactory.tasks.problems import PROBLEMS
+    from mathfactory.tasks.sample import ROLLOUTS
+    from mathfactory.tasks.stage import Run
 
+    run = Run(lake=lk.url, run_id=run_id)
     rows = collections.defaultdict(list)
-    for r in lk.read(run_id, "credit", StepCredit):
+    for r in run.read(CREDIT):
         rows[r.rollout_id].append(r)
     chosen = sorted(rows, key=lambda rid: (not any(r.is_pit for r in rows[rid]), rid))[:n]
-    rollouts = {r.rollout_id: r for r in lk.read(run_id, "rollouts", Rollout) if r.rollout_id in chosen}
-    sources = {p.problem_id: p.source for p in lk.read(run_id, "problems", Problem)}
-    style = (lk.marker(run_id, "credit") or {}).get("metrics", {}).get("style", "auto")
+    rollouts = {r.rollout_id: r for r in run.read(ROLLOUTS) if r.rollout_id in chosen}
+    sources = {p.problem_id: p.source for p in run.read(PROBLEMS)}
+    style = run.metrics(CREDIT.name).get("style", "auto")  # how the credit stage split the steps
     for rid in chosen:
         r = rollouts[rid]
         steps = split_steps(r.completion, style_for(style, sources.get(r.problem_id, "")))
@@ -118,34 +122,20 @@ def verify(file: str, gold: Annotated[str, typer.Option(help="Column with the re
            out_file: Annotated[str | None, typer.Option("--out", help="Write graded rows (.jsonl/.parquet).")] = None,
            timeout: Annotated[float, typer.Option(help="Seconds per LaTeX comparison.")] = 5.0):
     """Grade any JSONL/Parquet of predictions against references; prints counts by reason."""
-    from mathfactory.tasks.judge import Judge
-    from mathfactory.tasks.storage import iter_file_rows, write_file_rows
+    from mathfactory.tasks.judge import Grading
+    from mathfactory.tasks.storage import write_file_rows
+    from mathfactory.tasks.verify import grade_file
 
+    results = []
     try:
-        rows = list(iter_file_rows(file))
+        for origin, row, problem in grade_file(file, gold, pred, Grading(timeout_s=timeout)):
+            if problem is not None:
+                out.print(f"[yellow]{origin}: {problem}[/]", highlight=False)
+            results.append(row)
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="FILE") from None
-    pairs, graded = [], []
-    for origin, row, error in rows:
-        if error is None and not all(isinstance(row.get(c), str | int | float) for c in (gold, pred)):
-            missing = [c for c in (gold, pred) if not isinstance(row.get(c), str | int | float)]
-            error = f"no usable {' or '.join(missing)} column"
-        graded.append((origin, row, error))
-        if error is None:
-            pairs.append((str(row[gold]), str(row[pred])))
-    with Judge(timeout_s=timeout) as judge:
-        grades = iter(judge.grade_many(pairs))
-    results = []
-    for origin, row, error in graded:
-        if error is not None:
-            out.print(f"[yellow]{origin}: {error}[/]", highlight=False)
-            results.append({**(row or {}), "correct": False, "reason": "unparseable", "predicted": None})
-        else:
-            g = next(grades)
-            results.append({**row, "correct": g.correct, "reason": g.reason, "predicted": g.predicted})
-    counts = collections.Counter(r["reason"] for r in results)
     table = Table("reason", "rows")
-    for reason, k in counts.most_common():
+    for reason, k in collections.Counter(r["reason"] for r in results).most_common():
         table.add_row(reason, str(k))
     out.print(table)
     if out_file:

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mathfactory.flows.fanout import RunnerConfig
-from mathfactory.tasks.core.records import stable_id
+from mathfactory.tasks.core.records import derive_seed
 from mathfactory.tasks.credit import CreditConfig
 from mathfactory.tasks.evaluate import EvalConfig
 from mathfactory.tasks.pairs import PairsConfig
@@ -68,7 +68,7 @@ class FactoryConfig(BaseModel):
         return f"{self.name}-{check_date(date)}-{self.config_hash()}" if date else f"{self.name}-{self.config_hash()}"
 
     def seed_for(self, date: str | None = None) -> int:
-        return self.seed if date is None else int(stable_id(self.seed, check_date(date)), 16) % 2**31
+        return self.seed if date is None else derive_seed(self.seed, check_date(date))
 
 
 def check_date(date: str) -> str:

@@ -1,4 +1,4 @@
-"""A sharded stage + RunnerConfig -> its shards run where the config says: local threads, Ray, or deployment runs."""
+"""A sharded stage spec + RunnerConfig -> its shards run where the config says: local threads, Ray, or deployment runs."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
-from mathfactory.flows.shard import shard_call
-from mathfactory.tasks.stage import logger
-from mathfactory.tasks.storage import SECRET_ENV, Lake
+from mathfactory.flows.shard import ref, resolve, shard_task
+from mathfactory.tasks.stage import Run, StageSpec, logger
+from mathfactory.tasks.storage import SECRET_ENV
 
 T = TypeVar("T")
 
@@ -78,18 +78,17 @@ def prefect_env() -> dict[str, str]:
     return env
 
 
-def shard_parameters(stage: str, config: dict, lake: str, run_id: str, shard: int, seed: int,
-                     grading: dict | None = None) -> dict[str, Any]:
+def shard_parameters(spec: StageSpec, config: BaseModel, run: Run, shard: int) -> dict[str, Any]:
     """flows/shard.py:run_shard's parameters for one shard (JSON, as a deployment run takes them)."""
-    return {"stage": stage, "config": config, "lake": lake, "run_id": run_id, "shard": shard, "seed": seed,
-            "grading": grading}
+    return {"module": ref(spec), "stage": spec.name, "config": config.model_dump(mode="json"),
+            "run": run.model_dump(mode="json"), "shard": shard}
 
 
 def idempotency_key(parameters: dict[str, Any]) -> str:
     """Run, stage and shard, plus a digest of every parameter: a repeated key returns the earlier flow run and
     drops the new parameters, so the same run id in another lake must not share a key."""
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{parameters['run_id']}/{parameters['stage']}/{parameters['shard']:05d}/{digest}"
+    return f"{parameters['run']['run_id']}/{parameters['stage']}/{parameters['shard']:05d}/{digest}"
 
 
 @task(name="shard-run", cache_policy=NO_CACHE, retries=1)
@@ -121,18 +120,19 @@ def shard_run(deployment: str, parameters: dict[str, Any], poll_s: float) -> dic
 
 
 @flow(name="mathfactory-fan-out")
-def fan_out(stage: str, config: dict[str, Any], lake: str, run_id: str, shards: int, seed: int,
-            runner: RunnerConfig, grading: dict[str, Any] | None = None) -> list[dict]:
-    """Every shard of `stage`, on this flow's task runner (chosen by `runner`); their summaries in shard order."""
+def fan_out(module: str, stage: str, config: dict[str, Any], run: Run, runner: RunnerConfig) -> list[dict]:
+    """Every shard of a sharded stage (declared in `module`), on this flow's task runner (chosen by `runner`);
+    their summaries in shard order."""
+    spec = resolve(module, stage)
+    cfg = spec.config_type.model_validate(config)
+    shards = range(spec.n_shards(cfg, run))
     if runner.kind == "deployment":
-        futures = [shard_run.submit(runner.deployment, shard_parameters(stage, config, lake, run_id, s, seed, grading),
-                                    runner.poll_s) for s in range(shards)]
+        futures = [shard_run.submit(runner.deployment, shard_parameters(spec, cfg, run, s), runner.poll_s)
+                   for s in shards]
     else:
+        task = shard_task.with_options(retries=spec.retries)
         with ray_options(runner):
-            futures = []
-            for s in range(shards):
-                shard_task, args = shard_call(stage, config, lake, run_id, s, seed, grading)
-                futures.append(shard_task.submit(*args))
+            futures = [task.submit(ref(spec), spec.name, config, run, s) for s in shards]
     return [f.result() for f in futures]
 
 
@@ -144,20 +144,16 @@ def ray_options(runner: RunnerConfig) -> contextlib.AbstractContextManager:
     return remote_options(**runner.ray_options)
 
 
-def run_sharded(runner: RunnerConfig, stage: str, config: BaseModel, lake: str, run_id: str, shards: int,
-                seed: int, grading: BaseModel | None = None) -> list[dict]:
-    """Every shard of `stage` in a subflow whose task runner `runner` picks (a flow's runner is fixed when it is
-    decorated, hence with_options). A stage already marked done starts no workers at all. `grading`: the run's
-    verify settings, for the stages that grade."""
-    if Lake(lake).marker(run_id, stage) is not None:
-        return []
-    if "://" not in lake:
-        lake = os.path.abspath(lake)  # Ray workers and deployment runs have other working directories
-    subflow = fan_out.with_options(task_runner=task_runner(runner, shards),
-                                   flow_run_name=f"{run_id}-{stage}-{runner.kind}")
-    judged = grading.model_dump(mode="json") if grading is not None else None
-    call = lambda: subflow(stage, config.model_dump(mode="json"), lake, run_id, shards, seed, runner, judged)  # noqa: E731
-    return retry_connect(call, RAY_CONNECT_ATTEMPTS if runner.kind == "ray" else 1, f"{stage} on {runner.address}")
+def run_sharded(runner: RunnerConfig, spec: StageSpec, config: BaseModel, run: Run) -> list[dict]:
+    """Every shard of a sharded stage in a subflow whose task runner `runner` picks (a flow's runner is fixed when
+    it is decorated, hence with_options); the shards' summaries."""
+    if "://" not in run.lake:  # Ray workers and deployment runs have other working directories
+        run = run.model_copy(update={"lake": os.path.abspath(run.lake)})
+    subflow = fan_out.with_options(task_runner=task_runner(runner, spec.n_shards(config, run)),
+                                   flow_run_name=f"{run.run_id}-{spec.name}-{runner.kind}")
+    call = lambda: subflow(ref(spec), spec.name, config.model_dump(mode="json"), run, runner)  # noqa: E731
+    return retry_connect(call, RAY_CONNECT_ATTEMPTS if runner.kind == "ray" else 1,
+                         f"{spec.name} on {runner.address}")
 
 
 # A Ray client's connect can fail while the head is busy (its per-client server does not come up in time);

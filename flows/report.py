@@ -7,6 +7,7 @@ import re
 from rich.console import Console
 from rich.table import Table
 
+from mathfactory.tasks.core.methods import display_order
 from mathfactory.tasks.core.records import Rollout, StepCredit
 from mathfactory.tasks.core.steps import Step
 from mathfactory.tasks.domains.toy import STAGE_NAMES
@@ -15,8 +16,6 @@ from mathfactory.tasks.evaluate import train_stage
 from mathfactory.tasks.storage import Lake
 
 Tables = list[tuple[str, list[str], list[list[str]]]]
-# The comparison's rows: pi_sft, then what fine-tuning on its own samples gives, then the preference methods.
-METHOD_ORDER = ("sft", "rft", "af_rft", "dpo", "edit_dpo", "step_dpo")
 
 
 def _stage_order(group: str) -> tuple:
@@ -123,7 +122,7 @@ def comparison(lake: Lake, run_id: str) -> tuple[str, list[str], list[list[str]]
 
 def _comparison(stages: dict[str, dict]) -> tuple[str, list[str], list[list[str]]]:
     evals = {name.removeprefix(EVAL_PREFIX): m["metrics"] for name, m in stages.items() if name.startswith(EVAL_PREFIX)}
-    methods = [m for m in METHOD_ORDER if m in evals] + sorted(set(evals) - set(METHOD_ORDER))
+    methods = display_order(set(evals))
     ks = {evals[m].get("k") for m in methods}
     maj = f"maj@{next(iter(ks))}" if len(ks) == 1 else "maj@k"
     rows = []

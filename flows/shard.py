@@ -1,62 +1,47 @@
-"""(stage, its config, lake, run id, shard) -> that one shard in the lake: the flow a `shard` deployment runs."""
+"""(stage spec, its config, a Run, shard) -> that one shard in the lake: the task every sharded stage's shards
+run as, and the flow a `shard` deployment runs. A spec is found by its module and stage name: no list of stages."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from prefect import Task, flow, tags
+from prefect import flow, tags, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from mathfactory.tasks.credit import STAGE as CREDIT
-from mathfactory.tasks.credit import CreditConfig, credit_shard
-from mathfactory.tasks.evaluate import METHODS, EvalConfig, eval_shard, method_of
-from mathfactory.tasks.evaluate import STAGE_PREFIX as EVAL_PREFIX
-from mathfactory.tasks.influence import FEATURES, features_shard
-from mathfactory.tasks.sample import STAGE as ROLLOUTS
-from mathfactory.tasks.sample import SampleConfig, sample_shard
-from mathfactory.tasks.synthesis import SynthesisConfig
-from mathfactory.tasks.synthesize import STAGE as OUTPUTS
-from mathfactory.tasks.synthesize import synthesize_shard
-from mathfactory.tasks.verify import STAGE as VERDICTS
-from mathfactory.tasks.verify import VerifyConfig, verify_shard
-
-SHARDED = (ROLLOUTS, VERDICTS, CREDIT, FEATURES, OUTPUTS)  # plus one `eval_{method}` stage per evaluated method
+from mathfactory.tasks.stage import Run, StageSpec, write_shard
 
 
-def is_sharded(stage: str) -> bool:
-    return stage in SHARDED or (stage.startswith(EVAL_PREFIX) and stage.removeprefix(EVAL_PREFIX) in METHODS)
+def ref(spec: StageSpec) -> str:
+    """Where a spec is declared: the module whose SPECS holds it."""
+    return spec.compute.__module__
 
 
-def shard_call(stage: str, config: dict, lake: str, run_id: str, shard: int, seed: int,
-               grading: dict | None = None) -> tuple[Task, tuple]:
-    """The task that writes shard `shard` of `stage`, and its arguments; `config` is the stage's config as JSON,
-    `grading` the run's VerifyConfig as JSON, for the stages that grade."""
-    judged = VerifyConfig.model_validate(grading or {})
-    if stage.startswith(EVAL_PREFIX):
-        method_of(stage)  # an unknown method fails here, before any shard starts
-        return eval_shard, (EvalConfig.model_validate(config), lake, run_id, stage, shard, seed, judged)
-    if stage == ROLLOUTS:
-        return sample_shard, (SampleConfig.model_validate(config), lake, run_id, shard, seed)
-    if stage == VERDICTS:  # grading is seedless
-        return verify_shard, (VerifyConfig.model_validate(config), lake, run_id, shard)
-    if stage == CREDIT:
-        return credit_shard, (CreditConfig.model_validate(config), lake, run_id, shard, seed, judged)
-    if stage in (FEATURES, OUTPUTS):  # the synthesis stages take the synthesis config whole
-        cfg = SynthesisConfig.model_validate(config)
-        if stage == FEATURES:
-            return features_shard, (cfg.influence, cfg.teacher.templates, lake, run_id, shard, seed)
-        return synthesize_shard, (cfg.generate, cfg.teacher.templates, lake, run_id, shard, seed)
-    raise ValueError(f"stage {stage!r} is not sharded; sharded stages: {', '.join(SHARDED)}, {EVAL_PREFIX}{{method}}")
+def resolve(module: str, stage: str) -> StageSpec:
+    """The spec of `stage`, declared in `module` (its SPECS); a stage the module does not declare fails here."""
+    if not module.startswith("mathfactory.tasks."):
+        raise ValueError(f"{module!r} is not a stage module of mathfactory.tasks")
+    specs = getattr(importlib.import_module(module), "SPECS", {})
+    if stage not in specs:
+        raise ValueError(f"{module} declares no stage {stage!r}; it declares: {', '.join(specs) or 'none'}")
+    return specs[stage]
 
 
-# The caller reads the shard's summary (rows, tokens, tallies) from this run's result, so it is persisted.
-@flow(name="mathfactory-shard", persist_result=True)
-def run_shard(stage: str, config: dict[str, Any], lake: str, run_id: str, shard: int, seed: int = 0,
-              grading: dict[str, Any] | None = None) -> dict:
-    """Write one shard of a sharded stage (rollouts, verdicts, credit, eval_*, grad_features, synth_outputs) of
-    run `run_id`; a written shard is kept. `grading`: the run's verify settings, for credit and eval_*."""
-    task, args = shard_call(stage, config, lake, run_id, shard, seed, grading)
+@task(name="shard", task_run_name="{stage}-shard-{shard}", cache_policy=NO_CACHE)
+def shard_task(module: str, stage: str, config: Any, run: Run, shard: int) -> dict:
+    """Write shard `shard` of `stage` (kept if it landed earlier) and return its summary."""
+    spec = resolve(module, stage)
+    return write_shard(spec, spec.config_type.model_validate(config), run, shard)
+
+
+# The caller reads the shard's summary from this run's result, so it is persisted.
+@flow(name="mathfactory-shard", flow_run_name="{stage}-shard-{shard}", persist_result=True)
+def run_shard(module: str, stage: str, config: dict[str, Any], run: dict[str, Any], shard: int) -> dict:
+    """Write one shard of a sharded stage (rollouts, verdicts, credit, eval_*, grad_features, synth_outputs, or any
+    stage a module declares in its SPECS) of `run`; a written shard is kept."""
+    spec = resolve(module, stage)
     # Flow-run tags do not reach task runs by themselves; carried over, the deployment's `gpu` tag makes Prefect's
     # `gpu` tag concurrency limit count this shard.
     with tags(*(flow_run.tags or [])):
-        return task(*args)
+        return shard_task.with_options(retries=spec.retries)(module, stage, config, Run.model_validate(run), shard)

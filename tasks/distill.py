@@ -12,20 +12,22 @@ from __future__ import annotations
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core import synthesis
-from mathfactory.tasks.core.records import SeedScore, SeedText, TeacherCall, stable_id
+from mathfactory.tasks.core.records import SeedText, TeacherCall, derive_seed, stable_id
 from mathfactory.tasks.engines import OpenAIOptions, TransformersOptions, VLLMOptions, load_engine, model_name
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.engines.teacher import Teacher
-from mathfactory.tasks.stage import Stage, logger
+from mathfactory.tasks.seeds import SEEDS
+from mathfactory.tasks.stage import Meter, Run, StageSpec, logger, summed
 from mathfactory.tasks.storage import Lake
+
+if TYPE_CHECKING:
+    from mathfactory.tasks.synthesis import SynthesisConfig
 
 PROMPTS = Path(__file__).parent / "prompts"
 TOY_TEACHER = "toy-teacher"
@@ -115,36 +117,52 @@ def _requests(cfg: DistillConfig, templates: synthesis.Templates, round: int, se
     return [(s, stage) for s in seeds for stage in stages for _ in range(samples)]
 
 
-@task(name="distill", cache_policy=NO_CACHE, retries=1)
-def distill(cfg: DistillConfig, teacher_cfg: TeacherConfig, lake: str, run_id: str, round: int, seed: int) -> str:
-    """Round `round` of distillation: TeacherCall rows, one per request, and the round's cost in the marker."""
-    if round not in (1, 2):
-        raise ValueError(f"distillation round must be 1 or 2, got {round}")
-    st = Stage(lake, run_id, stage_name(round), TeacherCall, config={"distill": cfg.model_dump(mode="json"),
-                                                                     "teacher": teacher_cfg.model_dump(mode="json")})
-    if st.done:
-        return st.uri
-    templates = load_templates(teacher_cfg.templates)
-    seeds = list(st.lake.read(run_id, "seeds", SeedText))
-    if round == 2:
-        chosen = {s.seed_id for s in st.lake.read(run_id, "influence", SeedScore) if s.selected}
-        seeds = [s for s in seeds if s.seed_id in chosen]
-    requests = _requests(cfg, templates, round, seeds, seed)
-    client = teacher(teacher_cfg, lake, validate=check_output)
-    params = SamplingParams(temperature=teacher_cfg.temperature, max_new_tokens=teacher_cfg.max_new_tokens,
-                            seed=int(stable_id("kd", round, seed), 16) % 2**31)
-    prompts = [templates.render(stage, s.text) for s, stage in requests]
-    answers = client.ask(prompts, params)
-    rows = [TeacherCall(**asdict(a), round=round, seed_id=s.seed_id, stage=stage, prompt=prompt)
-            for (s, stage), prompt, a in zip(requests, prompts, answers, strict=True)]
-    st.write(0, rows)
-    failed = [r for r in rows if not r.ok]
-    if failed:
-        logger().warning("%s: %d of %d teacher requests failed, e.g. %s", st.name, len(failed), len(rows),
-                         failed[0].reason)
-    if len(failed) == len(rows):
-        raise RuntimeError(f"{st.name}: all {len(rows)} teacher requests failed, e.g. {failed[0].reason}")
-    return st.commit(**cost(rows), teacher=teacher_model(teacher_cfg))
+def _round(round: int):
+    def calls(cfg: SynthesisConfig, run: Run, shard: int, meter: Meter) -> list[TeacherCall]:
+        """Round `round` of distillation: one TeacherCall per request, answered or failed with its reason."""
+        templates = load_templates(cfg.teacher.templates)
+        seeds = list(run.read(SEEDS))
+        if round == 2:
+            from mathfactory.tasks.influence import (
+                SCORES,  # influence reads round 1: imported here, not on top
+            )
+
+            chosen = {s.seed_id for s in run.read(SCORES) if s.selected}
+            seeds = [s for s in seeds if s.seed_id in chosen]
+        requests = _requests(cfg.distill, templates, round, seeds, run.seed)
+        params = SamplingParams(temperature=cfg.teacher.temperature, max_new_tokens=cfg.teacher.max_new_tokens,
+                                seed=derive_seed("kd", round, run.seed))
+        prompts = [templates.render(stage, s.text) for s, stage in requests]
+        answers = teacher(cfg.teacher, run.lake, validate=check_output).ask(prompts, params)
+        return [TeacherCall(**asdict(a), round=round, seed_id=s.seed_id, stage=stage, prompt=prompt)
+                for (s, stage), prompt, a in zip(requests, prompts, answers, strict=True)]
+
+    return calls
+
+
+def tally_calls(rows) -> dict:
+    rows = list(rows)
+    failed = next((r.reason for r in rows if not r.ok), None)
+    return {"rows": len(rows), **cost(rows), **({"failure": failed} if failed else {})}
+
+
+def _summarize(cfg: SynthesisConfig, run: Run, shards: list[dict]) -> dict:
+    """The round's cost; a round whose every request failed fails the stage, naming one reason."""
+    total = summed(cfg, run, shards)
+    if total["failed"]:
+        logger().warning("distillation: %d of %d teacher requests failed, e.g. %s", total["failed"],
+                         total["requests"], total["failure"])
+    if total["failed"] == total["requests"]:
+        raise RuntimeError(f"distillation: all {total['requests']} teacher requests failed, e.g. {total['failure']}")
+    return {**total, "teacher": teacher_model(cfg.teacher)}
+
+
+SPECS = {stage_name(r): StageSpec(stage_name(r), TeacherCall, "mathfactory.tasks.synthesis:SynthesisConfig",
+                                  _round(r), reads=("seeds", "influence") if r == 2 else ("seeds",),
+                                  tally=tally_calls, summarize=_summarize,
+                                  identity=lambda c: {"distill": c.distill.model_dump(mode="json"),
+                                                      "teacher": c.teacher.model_dump(mode="json")})
+         for r in (1, 2)}
 
 
 def cost(rows: list[TeacherCall]) -> dict[str, int]:

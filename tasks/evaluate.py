@@ -3,37 +3,26 @@ answer for pass@1, k sampled ones for maj@k), in shards; the commit holds the su
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from mathfactory.tasks.core import evaluation, format
 from mathfactory.tasks.core.grading import Grade
-from mathfactory.tasks.core.records import EvalResult, Problem, stable_id
-from mathfactory.tasks.engines import (
-    EngineOptions,
-    OpenAIOptions,
-    TransformersOptions,
-    load_engine,
-    model_name,
-)
+from mathfactory.tasks.core.methods import METHODS
+from mathfactory.tasks.core.records import EvalResult, Problem, derive_seed, stable_id
+from mathfactory.tasks.engines import EngineOptions, TransformersOptions, load_engine, local_model, model_name
 from mathfactory.tasks.engines.base import Completion, SamplingParams
-from mathfactory.tasks.policy import STAGE as POLICY
-from mathfactory.tasks.policy import policy_dir, policy_ref
-from mathfactory.tasks.stage import Stage, token_rate
-from mathfactory.tasks.storage import MARKER, Lake
-from mathfactory.tasks.train import TRAINED
+from mathfactory.tasks.policy import POLICY, policy_dir, policy_ref
+from mathfactory.tasks.problems import PROBLEMS
+from mathfactory.tasks.stage import Meter, Run, StageSpec, summed
+from mathfactory.tasks.storage import MARKER
 from mathfactory.tasks.train import stage_name as train_stage_name
-from mathfactory.tasks.verify import VerifyConfig, judge
 
-METHODS = ("sft", *TRAINED)  # sft: pi_sft, the policy stage
 STAGE_PREFIX = "eval_"
 
 
@@ -52,8 +41,8 @@ class EvalConfig(BaseModel):
 
 
 def _known(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    if method not in {m.name for m in METHODS}:
+        raise ValueError(f"unknown method {method!r}; methods: {', '.join(m.name for m in METHODS)}")
     return method
 
 
@@ -71,21 +60,21 @@ def method_of(stage: str) -> str:
 
 def train_stage(method: str) -> str:
     """The lake stage whose model directory `method` made: the run's policy (pi_sft) for sft."""
-    return POLICY if method == "sft" else train_stage_name(method)
+    return POLICY.name if method == "sft" else train_stage_name(method)
 
 
-def model_ref(lake: str, run_id: str, method: str) -> str:
+def model_ref(run: Run, method: str) -> str:
     """The model by name, independent of where the lake is (as Rollout.policy names the policy)."""
-    return policy_ref(lake, run_id) if method == "sft" else f"runs/{run_id}/{train_stage(method)}"
+    return policy_ref(run) if method == "sft" else f"runs/{run.run_id}/{train_stage(method)}"
 
 
-def model_dir(lake: str, run_id: str, method: str) -> Path:
-    """A local directory holding the model `method` trained in run `run_id`."""
-    lk, stage = Lake(lake), train_stage(_known(method))
-    if lk.marker(run_id, stage) is None:
-        raise FileNotFoundError(f"run {run_id}: no model to evaluate for method {method!r}: stage {stage!r} has "
-                                f"not finished (no {MARKER} in {lk.uri(run_id, stage)})")
-    return policy_dir(lake, run_id) if method == "sft" else lk.local_dir(run_id, stage)
+def model_dir(run: Run, method: str) -> Path:
+    """A local directory holding the model `method` trained in the run."""
+    stage = train_stage(_known(method))
+    if run.marker(stage) is None:
+        raise FileNotFoundError(f"run {run.run_id}: no model to evaluate for method {method!r}: stage {stage!r} "
+                                f"has not finished (no {MARKER} in {run.uri(stage)})")
+    return policy_dir(run) if method == "sft" else run.store.local_dir(run.run_id, stage)
 
 
 def selected(problems: Iterable[Problem], cfg: EvalConfig, shard: int) -> Iterator[Problem]:
@@ -103,7 +92,7 @@ def selected(problems: Iterable[Problem], cfg: EvalConfig, shard: int) -> Iterat
 def sampling_seed(seed: int) -> int:
     """One seed for every shard: engines seed each prompt from (seed, prompt), so a problem gets the same samples
     whichever shard it is dealt to, and the same random draws under every method's model."""
-    return int(stable_id("eval", seed), 16) % 2**31
+    return derive_seed("eval", seed)
 
 
 def _result(p: Problem, method: str, model: str, greedy: Completion, grades: Sequence[Grade], seed: int
@@ -121,56 +110,47 @@ def _result(p: Problem, method: str, model: str, greedy: Completion, grades: Seq
     )
 
 
-def _model(cfg: EvalConfig, lake: str, run_id: str, method: str) -> str:
+def _model(cfg: EvalConfig, run: Run, method: str) -> str:
     # HTTP engines evaluate the served model; in-process ones the method's model from the lake.
-    return model_name(cfg.engine, None if isinstance(cfg.engine, OpenAIOptions) else model_ref(lake, run_id, method))
+    return model_name(cfg.engine, local_model(cfg.engine, lambda: model_ref(run, method)))
 
 
-@task(name="eval-shard", task_run_name="{stage}-shard-{shard}", cache_policy=NO_CACHE, retries=2)
-def eval_shard(cfg: EvalConfig, lake: str, run_id: str, stage: str, shard: int, seed: int,
-               grading: VerifyConfig | None = None) -> dict:
-    """Shard `shard` of `stage` (eval_{method}): per problem one greedy completion and k samples, all graded."""
-    method = method_of(stage)
-    st = Stage(lake, run_id, stage, EvalResult, config=cfg)
-    if st.done:
-        return {"shard": shard, "skipped": True}
-    if st.has_shard(shard):  # a retry after this shard landed: count it, don't evaluate it again
-        return {"shard": shard, "rows": sum(1 for _ in st.lake.read_part(run_id, stage, shard, EvalResult))}
-    s = sampling_seed(seed)
-    served = isinstance(cfg.engine, OpenAIOptions)
-    engine = load_engine(cfg.engine, None if served else model_dir(lake, run_id, method), s)
-    model = _model(cfg, lake, run_id, method)
-    problems = list(selected(st.lake.read(run_id, "problems", Problem), cfg, shard))
-    common = dict(max_new_tokens=cfg.max_new_tokens, stop=format.STOP, seed=s)
-    greedy = SamplingParams(n=1, temperature=0.0, **common)
-    sampled = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, **common)
-    chunk = max(1, 512 // cfg.k)  # prompts per engine call: engines sort by length within a call
-    tokens, t0 = 0, time.perf_counter()
-
-    def rows() -> Iterator[EvalResult]:
-        nonlocal tokens
-        with judge(grading or VerifyConfig()) as grader:
-            for i in tqdm(range(0, len(problems), chunk), desc=f"{stage} shard {shard}", disable=None):
+def _evaluator(method: str):
+    def evaluate(cfg: EvalConfig, run: Run, shard: int, meter: Meter) -> Iterator[EvalResult]:
+        """Shard `shard`: per problem one greedy completion and k samples, all graded."""
+        s = sampling_seed(run.seed)
+        engine = load_engine(cfg.engine, local_model(cfg.engine, lambda: model_dir(run, method)), s)
+        model = _model(cfg, run, method)
+        problems = list(selected(run.read(PROBLEMS), cfg, shard))
+        common = dict(max_new_tokens=cfg.max_new_tokens, stop=format.STOP, seed=s)
+        greedy = SamplingParams(n=1, temperature=0.0, **common)
+        sampled = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, **common)
+        chunk = max(1, 512 // cfg.k)  # prompts per engine call: engines sort by length within a call
+        with run.grading.judge() as judge:
+            for i in tqdm(range(0, len(problems), chunk), desc=f"{eval_stage(method)} shard {shard}", disable=None):
                 batch = problems[i : i + chunk]
                 prompts = [format.prompt(p.question) for p in batch]
                 outs = [g + c for g, c in zip(engine.generate(prompts, greedy), engine.generate(prompts, sampled),
                                               strict=True)]
-                tokens += sum(c.n_tokens for cs in outs for c in cs)
-                grades = grader.grade_many((p.answer, c.text) for p, cs in zip(batch, outs, strict=True) for c in cs)
+                meter.add(tokens=sum(c.n_tokens for cs in outs for c in cs))
+                grades = judge.grade_many((p.answer, c.text) for p, cs in zip(batch, outs, strict=True) for c in cs)
                 for j, (p, cs) in enumerate(zip(batch, outs, strict=True)):
                     yield _result(p, method, model, cs[0], grades[j * (1 + cfg.k) : (j + 1) * (1 + cfg.k)], s)
 
-    n = st.write(shard, rows())
-    return {"shard": shard, "rows": n, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2)}
+    return evaluate
 
 
-@task(name="eval", task_run_name="{stage}", cache_policy=NO_CACHE)
-def commit_eval(cfg: EvalConfig, lake: str, run_id: str, stage: str, shards: list[dict], started: float) -> str:
-    """Mark the stage done, with the model, pass@1 and maj@k (95 % Wilson intervals) and tokens/s."""
-    st = Stage(lake, run_id, stage, EvalResult, config=cfg)
-    if st.done:
-        return st.uri
-    method = method_of(stage)
-    rows = [r for s in range(cfg.shards) for r in st.lake.read_part(run_id, stage, s, EvalResult)]
-    return st.commit(started, method=method, model=_model(cfg, lake, run_id, method), split=cfg.split,
-                     **evaluation.summarize(rows), **token_rate([s for s in shards if not s.get("skipped")]))
+def _summarizer(method: str):
+    def summarize(cfg: EvalConfig, run: Run, shards: list[dict]) -> dict:
+        """The model, pass@1 and maj@k (95 % Wilson intervals) over every shard's rows, and tokens/s."""
+        rows = list(run.landed(SPECS[eval_stage(method)], len(shards)))
+        return {"method": method, "model": _model(cfg, run, method), "split": cfg.split,
+                **evaluation.summarize(rows), **summed(cfg, run, shards)}
+
+    return summarize
+
+
+SPECS = {eval_stage(m.name): StageSpec(eval_stage(m.name), EvalResult, EvalConfig, _evaluator(m.name),
+                                       reads=(PROBLEMS.name, train_stage(m.name)), shards=lambda cfg, run: cfg.shards,
+                                       summarize=_summarizer(m.name), retries=2)
+         for m in METHODS}

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core import format, synthesis
@@ -26,9 +24,12 @@ from mathfactory.tasks.core.grading import extract_answer
 from mathfactory.tasks.core.records import Problem, Quarantined, SynthOutput, stable_id
 from mathfactory.tasks.distill import TeacherConfig, cost, teacher
 from mathfactory.tasks.engines.base import SamplingParams
-from mathfactory.tasks.stage import Stage
-from mathfactory.tasks.synthesize import STAGE as OUTPUTS
-from mathfactory.tasks.verify import VerifyConfig, judge
+from mathfactory.tasks.judge import Grading
+from mathfactory.tasks.stage import Meter, Run, StageSpec, summed
+from mathfactory.tasks.synthesize import OUTPUTS
+
+if TYPE_CHECKING:
+    from mathfactory.tasks.synthesis import SynthesisConfig
 
 STAGE = "synth_problems"
 GATES = ("parse", "answer", "calculator", "decontaminate", "near_duplicate", "solvable")
@@ -96,7 +97,7 @@ def cheap_gates(outputs: Iterable[SynthOutput], contamination: Decontaminator, d
 
 
 def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
-             candidates: list[tuple[SynthOutput, synthesis.Parsed]], grading: VerifyConfig | None = None
+             candidates: list[tuple[SynthOutput, synthesis.Parsed]], grading: Grading | None = None
              ) -> tuple[list[str | None], dict]:
     """Per candidate None if someone agrees with its answer, else why not; and what asking cost."""
     if cfg.solvable == "none" or not candidates:
@@ -117,7 +118,7 @@ def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
         texts = [[c.text for c in cs] for cs in engine.generate(questions, params)]
         answers, spent = None, {}
     reasons: list[str | None] = []
-    with judge(grading or VerifyConfig()) as grader:
+    with (grading or Grading()).judge() as grader:
         for i, ((_, parsed), outs) in enumerate(zip(candidates, texts, strict=True)):
             if answers is not None and not answers[i].ok:
                 reasons.append(f"solvable: teacher request failed ({answers[i].reason})")
@@ -158,7 +159,7 @@ def teacher_solved(teacher_cfg: TeacherConfig, lake: str, seed: int,
 
 
 def apply_gates(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int, outputs: Iterable[SynthOutput],
-                grading: VerifyConfig | None = None) -> tuple[list[Problem], list[Quarantined], dict]:
+                grading: Grading | None = None) -> tuple[list[Problem], list[Quarantined], dict]:
     """Every gate, in order, over `outputs`: the problems kept, the outputs dropped (as `gate: reason`), and the
     summary a marker records (counts per gate in the order met, what solving cost)."""
     contamination = Decontaminator(test_items(cfg), n=cfg.ngram)
@@ -186,18 +187,27 @@ def apply_gates(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: i
                            "gate_order": list(order), **spent}
 
 
-@task(name="gate", cache_policy=NO_CACHE, retries=1)
-def gate_problems(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, run_id: str, seed: int,
-                  grading: VerifyConfig | None = None) -> str:
-    st = Stage(lake, run_id, STAGE, Problem, config={"gates": cfg.model_dump(mode="json"),
-                                                     "teacher": teacher_cfg.model_dump(mode="json")})
-    if st.done:
-        return st.uri
+def synthesized(cfg: SynthesisConfig, run: Run, shard: int, meter: Meter) -> list[Problem]:
+    """The synthesized problems that pass every gate; each dropped output is refused as `gate: reason`."""
     t0 = time.perf_counter()
-    outputs = st.lake.read(run_id, OUTPUTS, SynthOutput)
-    kept, dropped, summary = apply_gates(cfg, teacher_cfg, lake, seed, outputs, grading)
-    st.write(0, kept, dropped)
-    if not kept:
-        raise ValueError(f"{STAGE}: no synthesized problem passed the gates ({summary['written']} written; see "
-                         "the quarantine)")
-    return st.commit(**summary, gate_seconds=round(time.perf_counter() - t0, 2))
+    kept, dropped, summary = apply_gates(cfg.gates, cfg.teacher, run.lake, run.seed, run.read(OUTPUTS),
+                                         run.grading)
+    for q in dropped:
+        meter.refuse(q.origin, q.reason, q.excerpt)
+    meter.add(**summary, gate_seconds=round(time.perf_counter() - t0, 2))
+    return kept
+
+
+def _summarize(cfg: SynthesisConfig, run: Run, shards: list[dict]) -> dict:
+    total = summed(cfg, run, shards)
+    if not total["rows"]:
+        raise ValueError(f"{STAGE}: no synthesized problem passed the gates ({total['written']} written; see the "
+                         "quarantine)")
+    return total
+
+
+SYNTHESIZED = StageSpec(STAGE, Problem, "mathfactory.tasks.synthesis:SynthesisConfig", synthesized,
+                        reads=(OUTPUTS.name,), summarize=_summarize,
+                        identity=lambda c: {"gates": c.gates.model_dump(mode="json"),
+                                            "teacher": c.teacher.model_dump(mode="json")})
+SPECS = {STAGE: SYNTHESIZED}

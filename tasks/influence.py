@@ -9,22 +9,25 @@ so a user can see why a text was chosen.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from typing import Literal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core import synthesis
 from mathfactory.tasks.core.influence import influence_scores, select_top
-from mathfactory.tasks.core.records import GradFeature, Problem, SeedScore, SeedText, TeacherCall
+from mathfactory.tasks.core.records import GradFeature, Problem, SeedScore
+from mathfactory.tasks.distill import SPECS as DISTILLED
 from mathfactory.tasks.distill import load_templates
 from mathfactory.tasks.distill import stage_name as kd_stage
 from mathfactory.tasks.domains import toy
-from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.seeds import SEEDS
+from mathfactory.tasks.stage import Meter, Run, StageSpec, merge, summed
 from mathfactory.tasks.synthesizer import synthesizer_dir
+
+if TYPE_CHECKING:
+    from mathfactory.tasks.synthesis import SynthesisConfig
 
 FEATURES, STAGE = "grad_features", "influence"
 PREVIEW = 160  # characters of a seed text kept beside its score
@@ -61,72 +64,63 @@ def reference_row(templates: synthesis.Templates, p: Problem) -> dict[str, str]:
     return {"prompt": templates.render(stage, ""), "completion": synthesis.write(p.question, steps, answer)}
 
 
-def features_stage(cfg: InfluenceConfig, templates: str, lake: str, run_id: str) -> Stage:
-    return Stage(lake, run_id, FEATURES, GradFeature, config={"influence": cfg.model_dump(mode="json"),
-                                                              "templates": templates})
-
-
-@task(name="grad-features-shard", cache_policy=NO_CACHE, retries=1)
-def features_shard(cfg: InfluenceConfig, templates: str, lake: str, run_id: str, shard: int, seed: int) -> dict:
+def features(cfg: SynthesisConfig, run: Run, shard: int, meter: Meter) -> Iterator[GradFeature]:
+    """Shard `shard` of the (teacher output, reference problem) pairs, as projected round-1 gradients."""
     from mathfactory.tasks.models.influence import gradient_features  # torch loads in the shard only
 
-    st = features_stage(cfg, templates, lake, run_id)
-    if st.done:
-        return {"shard": shard, "skipped": True}
-    if st.has_shard(shard):
-        return {"shard": shard, "rows": sum(1 for _ in st.lake.read_part(run_id, FEATURES, shard, GradFeature))}
-    t0 = time.perf_counter()
-    tmpl = load_templates(templates)
+    inf, tmpl = cfg.influence, load_templates(cfg.teacher.templates)
     items = [(c.request_id, c.seed_id, "candidate", {"prompt": c.prompt, "completion": c.completion})
-             for c in st.lake.read(run_id, kd_stage(1), TeacherCall) if c.ok]
-    items += [(p.problem_id, None, "reference", reference_row(tmpl, p)) for p in reference_problems(cfg, seed)]
-    mine = items[shard::cfg.shards]
-    vectors = gradient_features(synthesizer_dir(lake, run_id, 1), [row for *_, row in mine], dim=cfg.dim,
-                                seed=seed, max_length=cfg.max_length, num_threads=cfg.num_threads)
-    n = st.write(shard, (GradFeature(row_id, seed_id, role, v.tolist())
-                         for (row_id, seed_id, role, _), v in zip(mine, vectors, strict=True)))
-    return {"shard": shard, "rows": n, "seconds": round(time.perf_counter() - t0, 2)}
+             for c in run.read(DISTILLED[kd_stage(1)]) if c.ok]
+    items += [(p.problem_id, None, "reference", reference_row(tmpl, p)) for p in reference_problems(inf, run.seed)]
+    mine = items[shard::inf.shards]
+    vectors = gradient_features(synthesizer_dir(run, 1), [row for *_, row in mine], dim=inf.dim, seed=run.seed,
+                                max_length=inf.max_length, num_threads=inf.num_threads)
+    return (GradFeature(row_id, seed_id, role, v.tolist())
+            for (row_id, seed_id, role, _), v in zip(mine, vectors, strict=True))
 
 
-@task(name="grad-features", cache_policy=NO_CACHE)
-def commit_features(cfg: InfluenceConfig, templates: str, lake: str, run_id: str, shards: list[dict],
-                    started: float) -> str:
-    st = features_stage(cfg, templates, lake, run_id)
-    if st.done:
-        return st.uri
-    busy = sum(s.get("seconds", 0) for s in shards)
-    return st.commit(started, shard_seconds=round(busy, 2))
+FEATURES_SPEC = StageSpec(FEATURES, GradFeature, "mathfactory.tasks.synthesis:SynthesisConfig", features,
+                          reads=(kd_stage(1), "synthesizer_round1"), shards=lambda cfg, run: cfg.influence.shards,
+                          summarize=lambda cfg, run, shards: {**summed(cfg, run, shards),
+                                                              "shard_seconds": merge(shards).get("seconds", 0)},
+                          identity=lambda c: {"influence": c.influence.model_dump(mode="json"),
+                                              "templates": c.teacher.templates})
 
 
-@task(name="influence", cache_policy=NO_CACHE)
-def score_seeds(cfg: InfluenceConfig, lake: str, run_id: str) -> str:
+def scores(cfg: InfluenceConfig, run: Run, shard: int, meter: Meter) -> list[SeedScore]:
     """Every scored seed text with its influence, rank and whether round 2 distils it."""
     import numpy as np
 
-    st = Stage(lake, run_id, STAGE, SeedScore, config=cfg)
-    if st.done:
-        return st.uri
     candidates, groups, reference = [], [], []
-    for f in st.lake.read(run_id, FEATURES, GradFeature):
+    for f in run.read(FEATURES_SPEC):
         if f.role == "reference":
             reference.append(f.feature)
         else:
             candidates.append(f.feature)
             groups.append(f.seed_id)
-    scores = influence_scores(np.asarray(candidates, dtype=np.float32), groups,
-                              np.asarray(reference, dtype=np.float32))
-    ranked = select_top({k: s for k, (s, _) in scores.items()}, 1.0)
-    chosen = set(select_top({k: s for k, (s, _) in scores.items()}, cfg.fraction))
-    seeds = {s.seed_id: s for s in st.lake.read(run_id, "seeds", SeedText) if s.seed_id in scores}
-    rows = [SeedScore(k, seeds[k].kind, float(scores[k][0]), scores[k][1], rank, k in chosen, seeds[k].text[:PREVIEW])
+    found = influence_scores(np.asarray(candidates, dtype=np.float32), groups,
+                             np.asarray(reference, dtype=np.float32))
+    ranked = select_top({k: s for k, (s, _) in found.items()}, 1.0)
+    chosen = set(select_top({k: s for k, (s, _) in found.items()}, cfg.fraction))
+    seeds = {s.seed_id: s for s in run.read(SEEDS) if s.seed_id in found}
+    return [SeedScore(k, seeds[k].kind, float(found[k][0]), found[k][1], rank, k in chosen, seeds[k].text[:PREVIEW])
             for rank, k in enumerate(ranked)]
-    st.write(0, rows)
+
+
+def tally_scores(rows) -> dict:
+    """How many were chosen, the cut-off, and the mean score and choices by kind of text."""
     by_kind: dict[str, list[float]] = defaultdict(list)
+    selected_kinds: dict[str, int] = defaultdict(int)
+    chosen = []
     for r in rows:
         by_kind[r.kind].append(r.score)
-    selected_kinds: dict[str, int] = defaultdict(int)
-    for r in rows:
         selected_kinds[r.kind] += r.selected
-    return st.commit(selected=len(chosen), cutoff=min(scores[k][0] for k in chosen) if chosen else None,
-                     mean_score_by_kind={k: round(sum(v) / len(v), 4) for k, v in sorted(by_kind.items())},
-                     selected_by_kind=dict(sorted(selected_kinds.items())))
+        if r.selected:
+            chosen.append(r.score)
+    return {"rows": sum(map(len, by_kind.values())), "selected": len(chosen), "cutoff": min(chosen, default=None),
+            "mean_score_by_kind": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_kind.items())},
+            "selected_by_kind": dict(sorted(selected_kinds.items()))}
+
+
+SCORES = StageSpec(STAGE, SeedScore, InfluenceConfig, scores, reads=(FEATURES, "seeds"), tally=tally_scores)
+SPECS = {FEATURES: FEATURES_SPEC, STAGE: SCORES}

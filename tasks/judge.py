@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Iterable
 from multiprocessing.connection import Connection, wait
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from mathfactory.tasks.core.calculator import check_annotations
 from mathfactory.tasks.core.grading import Grade, extract_answer, grade_fast
 
@@ -96,6 +98,19 @@ class _Worker:
             self.proc.kill()
         self.proc.join(5)
         self.conn.close()
+
+
+class Grading(BaseModel):
+    """How answers are graded, the same in every stage that grades (verdicts, credit's continuations, evaluation,
+    the synthesis gates): a run carries one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float = Field(5.0, gt=0, description="Hard limit per LaTeX comparison; the item gets `timeout`.")
+    workers: int = Field(2, ge=1, description="Worker processes for the LaTeX (math-verify) path.")
+
+    def judge(self) -> Judge:
+        return Judge(timeout_s=self.timeout_s, workers=self.workers)
 
 
 class Judge:

@@ -13,11 +13,12 @@ learned from. Each marker counts the distinct problems its set covers and, for p
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core import credit as mc
@@ -31,10 +32,12 @@ from mathfactory.tasks.core.records import (
     StepwiseExample,
     Verdict,
 )
-from mathfactory.tasks.core.steps import split_steps
-from mathfactory.tasks.credit import STAGE as CREDIT
-from mathfactory.tasks.credit import covered, style_for
-from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.core.steps import split_steps, style_for
+from mathfactory.tasks.credit import CREDIT, covered
+from mathfactory.tasks.problems import PROBLEMS
+from mathfactory.tasks.sample import ROLLOUTS
+from mathfactory.tasks.stage import Meter, Run, StageSpec
+from mathfactory.tasks.verify import VERDICTS
 
 DATASETS = {"sft": SFTExample, "rft": SFTExample, "rft_advantage": SFTExample, "stepwise": StepwiseExample,
             "dpo_outcome": PreferencePair, "dpo_edit": PreferencePair, "dpo_step_cut": PreferencePair,
@@ -76,13 +79,15 @@ def build_all(cfg: PairsConfig, style: str, problems: list[Problem], rollouts: l
     }
 
 
-def described(built: build.Built) -> dict:
-    """A set's marker metrics: why inputs were left out, the distinct problems it covers, and for pairs where
-    the chosen sides came from."""
-    out = {"skipped": dict(built.skipped), "problems": len({r.problem_id for r in built.rows}), **built.counts}
-    if built.rows and isinstance(built.rows[0], PreferencePair):
-        out["chosen_sources"] = dict(Counter(r.chosen_source for r in built.rows))
-    return out
+def tally_set(rows: Iterable[SFTExample | PreferencePair | StepwiseExample]) -> dict:
+    """A set's figures from its rows: how many, the distinct problems they cover, where chosen sides came from."""
+    problems, sources, n = set(), Counter(), 0
+    for r in rows:
+        n += 1
+        problems.add(r.problem_id)
+        if isinstance(r, PreferencePair):
+            sources[r.chosen_source] += 1
+    return {"rows": n, "problems": len(problems), **({"chosen_sources": dict(sources)} if sources else {})}
 
 
 def stepwise(style: str, problems: list[Problem], rollouts: list[Rollout],
@@ -102,24 +107,29 @@ def stepwise(style: str, problems: list[Problem], rollouts: list[Rollout],
     return build.Built(rows, skipped)
 
 
-@task(name="pairs", cache_policy=NO_CACHE, retries=1)
-def make_pairs(cfg: PairsConfig, style: str, lake: str, run_id: str, seed: int) -> dict[str, str]:
-    """Stage `pairs`: write each training set that is not yet in the lake; returns their URIs."""
-    stages = {name: Stage(lake, run_id, name, record, config=cfg) for name, record in DATASETS.items()}
-    if all(st.done for st in stages.values()):
-        return {name: st.uri for name, st in stages.items()}
-    lk = next(iter(stages.values())).lake
-    problems = list(lk.read(run_id, "problems", Problem))
-    limit = (lk.marker(run_id, CREDIT) or {}).get("metrics", {}).get("problems_limit")
-    ids = {p.problem_id for p in covered(problems, limit)}
-    rollouts = [r for r in lk.read(run_id, "rollouts", Rollout) if r.problem_id in ids]
-    verdicts = [v for v in lk.read(run_id, "verdicts", Verdict) if v.problem_id in ids]
-    credits = list(lk.read(run_id, CREDIT, StepCredit))
-    built = build_all(cfg, style, problems, rollouts, verdicts, credits, seed)
-    uris = {}
-    for name, st in stages.items():
-        if not st.done:
-            st.write(0, built[name].rows)
-            st.commit(**described(built[name]), covered=len(ids))
-        uris[name] = st.uri
-    return uris
+@functools.lru_cache(maxsize=1)
+def _built(cfg: PairsConfig, run: Run) -> dict[str, build.Built]:
+    """Every set of the run, built once for the eight stages that write them (the pipeline writes them in a row)."""
+    problems = list(run.read(PROBLEMS))
+    credit = run.metrics(CREDIT.name)  # how credit split steps and which problems it covered
+    ids = {p.problem_id for p in covered(problems, credit.get("problems_limit"))}
+    rollouts = [r for r in run.read(ROLLOUTS) if r.problem_id in ids]
+    verdicts = [v for v in run.read(VERDICTS) if v.problem_id in ids]
+    built = build_all(cfg, credit.get("style", "auto"), problems, rollouts, verdicts, list(run.read(CREDIT)),
+                      run.seed)
+    return {name: replace(b, counts=Counter({**b.counts, "covered": len(ids)})) for name, b in built.items()}
+
+
+def _writer(name: str):
+    def rows(cfg: PairsConfig, run: Run, shard: int, meter: Meter) -> list:
+        built = _built(cfg, run)[name]
+        meter.add(skipped=dict(built.skipped), **built.counts)
+        return built.rows
+
+    return rows
+
+
+READS = (PROBLEMS.name, ROLLOUTS.name, VERDICTS.name, CREDIT.name)
+SETS = {name: StageSpec(name, record, PairsConfig, _writer(name), reads=READS, tally=tally_set)
+        for name, record in DATASETS.items()}
+SPECS = SETS

@@ -4,19 +4,15 @@ train/test splits."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core.records import Problem, Quarantined
 from mathfactory.tasks.domains import toy
-from mathfactory.tasks.gate import STAGE as SYNTHESIZED
-from mathfactory.tasks.stage import Stage
-from mathfactory.tasks.storage import Lake
-
-STAGE = "problems"
+from mathfactory.tasks.gate import SYNTHESIZED
+from mathfactory.tasks.stage import Meter, Run, StageSpec
 
 
 class ProblemsConfig(BaseModel):
@@ -35,12 +31,12 @@ class ProblemsConfig(BaseModel):
                                              "(question, answer with `#### N`), all taken as train problems.")
 
 
-def _source(cfg: ProblemsConfig, split: str, seed: int, lake: Lake, run_id: str):
-    n = {"train": cfg.n_train, "test": cfg.n_test}[split]
+def _source(cfg: ProblemsConfig, split: str, run: Run):
+    n, seed = {"train": cfg.n_train, "test": cfg.n_test}[split], run.seed
     if cfg.source == "synthesizer":
         if split == "train":
-            return itertools.islice(lake.read(run_id, SYNTHESIZED, Problem), n)
-        return _source(cfg.model_copy(update={"source": cfg.test_source}), split, seed, lake, run_id)
+            return itertools.islice(run.read(SYNTHESIZED), n)
+        return _source(cfg.model_copy(update={"source": cfg.test_source}), split, run)
     if cfg.source == "toy":
         return toy.generate(n or 0, split, seed, cfg.stages)
     if cfg.source == "files":
@@ -59,21 +55,15 @@ def _source(cfg: ProblemsConfig, split: str, seed: int, lake: Lake, run_id: str)
     return itertools.islice(math500.load("test", cfg.path), n) if split == "test" else []
 
 
-@task(name="problems", cache_policy=NO_CACHE, retries=1)
-def make_problems(cfg: ProblemsConfig, lake: str, run_id: str, seed: int) -> str:
-    """Write both splits as one dataset (column `split`); bad source rows go to quarantine with file:line."""
-    st = Stage(lake, run_id, STAGE, Problem, config=cfg)
-    if st.done:
-        return st.uri
-    quarantined: list[Quarantined] = []
+def problems(cfg: ProblemsConfig, run: Run, shard: int, meter: Meter) -> Iterator[Problem]:
+    """Both splits as one dataset (column `split`); bad source rows go to quarantine with file:line."""
+    for split in ("train", "test"):
+        for item in _source(cfg, split, run):
+            if isinstance(item, Quarantined):
+                meter.refuse(item.origin, item.reason, item.excerpt)
+            else:
+                yield item
 
-    def rows():
-        for split in ("train", "test"):
-            for item in _source(cfg, split, seed, st.lake, run_id):
-                if isinstance(item, Quarantined):
-                    quarantined.append(item)
-                else:
-                    yield item
 
-    st.write(0, rows(), quarantined)
-    return st.commit()
+PROBLEMS = StageSpec("problems", Problem, ProblemsConfig, problems)
+SPECS = {PROBLEMS.name: PROBLEMS}

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from mathfactory.tasks.core import format
 from mathfactory.tasks.core.records import Problem, Rollout, stable_id
-from mathfactory.tasks.engines import (
-    EngineOptions,
-    OpenAIOptions,
-    TransformersOptions,
-    load_engine,
-    model_name,
-)
+from mathfactory.tasks.engines import EngineOptions, TransformersOptions, load_engine, local_model, model_name
 from mathfactory.tasks.engines.base import SamplingParams
-from mathfactory.tasks.policy import policy_dir, policy_ref
-from mathfactory.tasks.stage import Stage, token_rate
-
-STAGE = "rollouts"
+from mathfactory.tasks.policy import POLICY, policy_dir, policy_ref
+from mathfactory.tasks.problems import PROBLEMS
+from mathfactory.tasks.stage import Meter, Run, StageSpec
 
 
 class SampleConfig(BaseModel):
@@ -51,50 +41,33 @@ def selected(problems: Iterator[Problem], cfg: SampleConfig, shard: int) -> Iter
             yield p
 
 
-@task(name="sample-shard", cache_policy=NO_CACHE, retries=2)
-def sample_shard(cfg: SampleConfig, lake: str, run_id: str, shard: int, seed: int) -> dict:
-    st = Stage(lake, run_id, STAGE, Rollout, config=cfg)
-    if st.done:
-        return {"shard": shard, "skipped": True}
-    if st.has_shard(shard):  # a retry after this shard landed: count it, don't sample it again
-        landed = [r.n_tokens for r in st.lake.read_part(run_id, STAGE, shard, Rollout)]
-        return {"shard": shard, "rows": len(landed), "tokens": sum(landed), "seconds": 0.0}
-    problems = list(selected(st.lake.read(run_id, "problems", Problem), cfg, shard))
+def rollouts(cfg: SampleConfig, run: Run, shard: int, meter: Meter) -> Iterator[Rollout]:
+    """Shard `shard`: n sampled completions of each of its problems."""
+    problems = list(selected(run.read(PROBLEMS), cfg, shard))
     # HTTP engines sample the served model; in-process ones the run's policy from the lake.
-    model_dir = None if isinstance(cfg.engine, OpenAIOptions) else policy_dir(lake, run_id)
-    policy = model_name(cfg.engine, policy_ref(lake, run_id) if model_dir else None)  # part of rollout ids
-    engine = load_engine(cfg.engine, model_dir, seed)
+    model_dir = local_model(cfg.engine, lambda: policy_dir(run))
+    policy = model_name(cfg.engine, policy_ref(run) if model_dir else None)  # part of rollout ids
+    engine = load_engine(cfg.engine, model_dir, run.seed)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, stop=format.STOP,
-                            seed=int(stable_id(seed, shard), 16) % 2**31)
+                            max_new_tokens=cfg.max_new_tokens, stop=format.STOP, seed=run.seed_for(shard))
     chunk = max(1, 512 // cfg.n)  # prompts per engine call: engines sort by length within a call
-    tokens, t0 = 0, time.perf_counter()
-
-    def rows() -> Iterator[Rollout]:
-        nonlocal tokens
-        bar = tqdm(total=len(problems), desc=f"sample shard {shard}", unit="problem", disable=None)
-        for i in range(0, len(problems), chunk):
-            batch = problems[i : i + chunk]
-            outs = engine.generate([format.prompt(p.question) for p in batch], params)
-            for p, completions in zip(batch, outs, strict=True):
-                for k, c in enumerate(completions):
-                    tokens += c.n_tokens
-                    yield Rollout(
-                        rollout_id=stable_id(p.problem_id, policy, params.seed, params.temperature, k),
-                        problem_id=p.problem_id, split=p.split, stage=p.stage, policy=policy, sample_index=k,
-                        prompt=format.prompt(p.question), completion=c.text, n_tokens=c.n_tokens,
-                        finish_reason=c.finish_reason, temperature=params.temperature, seed=params.seed,
-                    )
-            bar.update(len(batch))
-        bar.close()
-
-    n = st.write(shard, rows())
-    return {"shard": shard, "rows": n, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2)}
+    bar = tqdm(total=len(problems), desc=f"sample shard {shard}", unit="problem", disable=None)
+    for i in range(0, len(problems), chunk):
+        batch = problems[i : i + chunk]
+        outs = engine.generate([format.prompt(p.question) for p in batch], params)
+        for p, completions in zip(batch, outs, strict=True):
+            for k, c in enumerate(completions):
+                meter.add(tokens=c.n_tokens)
+                yield Rollout(
+                    rollout_id=stable_id(p.problem_id, policy, params.seed, params.temperature, k),
+                    problem_id=p.problem_id, split=p.split, stage=p.stage, policy=policy, sample_index=k,
+                    prompt=format.prompt(p.question), completion=c.text, n_tokens=c.n_tokens,
+                    finish_reason=c.finish_reason, temperature=params.temperature, seed=params.seed,
+                )
+        bar.update(len(batch))
+    bar.close()
 
 
-@task(name="rollouts", cache_policy=NO_CACHE)
-def commit_rollouts(cfg: SampleConfig, lake: str, run_id: str, shards: list[dict], started: float) -> str:
-    st = Stage(lake, run_id, STAGE, Rollout, config=cfg)
-    if st.done:
-        return st.uri
-    return st.commit(started, **token_rate([s for s in shards if not s.get("skipped")]))
+ROLLOUTS = StageSpec("rollouts", Rollout, SampleConfig, rollouts, reads=(PROBLEMS.name, POLICY.name),
+                     shards=lambda cfg, run: cfg.shards, retries=2)
+SPECS = {ROLLOUTS.name: ROLLOUTS}

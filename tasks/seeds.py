@@ -7,14 +7,12 @@ import itertools
 from collections.abc import Iterator
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core.records import Quarantined, SeedText, stable_id
 from mathfactory.tasks.core.synthesis import chunk
 from mathfactory.tasks.domains import toy
-from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.stage import Meter, Run, StageSpec, summed
 from mathfactory.tasks.storage import iter_file_rows
 
 STAGE = "seeds"
@@ -72,13 +70,20 @@ def seed_texts(cfg: SeedsConfig, seed: int, quarantined: list[Quarantined]) -> I
     return itertools.islice(chunks(), cfg.n)
 
 
-@task(name="seeds", cache_policy=NO_CACHE, retries=1)
-def make_seeds(cfg: SeedsConfig, lake: str, run_id: str, seed: int) -> str:
-    st = Stage(lake, run_id, STAGE, SeedText, config=cfg)
-    if st.done:
-        return st.uri
+def seeds(cfg: SeedsConfig, run: Run, shard: int, meter: Meter) -> Iterator[SeedText]:
     quarantined: list[Quarantined] = []
-    n = st.write(0, seed_texts(cfg, seed, quarantined), quarantined)
-    if n == 0:
-        raise ValueError(f"seeds: the {cfg.source} corpus gave no usable text ({len(quarantined)} rows skipped)")
-    return st.commit(unusable_rows=len(quarantined))
+    yield from seed_texts(cfg, run.seed, quarantined)
+    for q in quarantined:
+        meter.refuse(q.origin, q.reason, q.excerpt)
+
+
+def _summarize(cfg: SeedsConfig, run: Run, shards: list[dict]) -> dict:
+    total = summed(cfg, run, shards)
+    unusable = sum(total.get("refused", {}).values())
+    if total["rows"] == 0:
+        raise ValueError(f"seeds: the {cfg.source} corpus gave no usable text ({unusable} rows skipped)")
+    return {**total, "unusable_rows": unusable}
+
+
+SEEDS = StageSpec(STAGE, SeedText, SeedsConfig, seeds, summarize=_summarize)
+SPECS = {SEEDS.name: SEEDS}

@@ -1,23 +1,36 @@
-"""One stage of one run in the lake: skip when already marked, write shards, commit with provenance and timing."""
+"""A stage declared once (StageSpec) over a Run, and what happens to one shard of it: a landed shard is recounted
+from its summary, a missing one is computed, written whole and counted. The executor (flows/executor.py) fans the
+shards out and commits; nothing else in the factory skips, recounts or commits a stage.
+
+Two kinds of stage:
+- a record stage: `compute(cfg, run, shard, meter)` yields the shard's records (a pure function of its inputs as
+  far as it can be); `meter` takes what the shard refused (quarantine) and what it counted beside its rows
+  (tokens, costs). The shard's rows are read back before the part appears and folded by `tally`; tally and
+  meter go to a summary file beside the part, so a recount says exactly what the first count said.
+- a model stage (`record` None): `compute(cfg, run, out_dir)` writes a model directory and returns its metrics.
+The marker's metrics are `summarize(cfg, run, shard summaries)`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
+import tempfile
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mathfactory.tasks.core.records import Quarantined
+from mathfactory.tasks.core.records import Quarantined, derive_seed
+from mathfactory.tasks.judge import Grading
 from mathfactory.tasks.storage import Lake
-
-
-def config_hash(config: BaseModel | dict | None) -> str:
-    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else (config or {})
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:
@@ -31,47 +44,199 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("mathfactory")
 
 
-class Stage:
-    def __init__(self, lake: str, run_id: str, name: str, record: type | None, config: Any = None):
-        self.lake = Lake(lake)
-        self.run_id, self.name, self.record = run_id, name, record
-        self.config_hash = config_hash(config)
-        self.marker = self.lake.marker(run_id, name)
-        self.started = time.time()
-        if self.marker is not None:
-            logger().info("%s: already done (%d rows), skipping", name, self.marker["rows"])
+def config_hash(config: BaseModel | dict | None) -> str:
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else (config or {})
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    @property
-    def done(self) -> bool:
-        return self.marker is not None
 
-    @property
-    def uri(self) -> str:
-        return self.lake.uri(self.run_id, self.name)
+class Run(BaseModel):
+    """One run in one lake: what every stage receives. `grading` is how the run grades, in every stage."""
 
-    def has_shard(self, shard: int) -> bool:
-        return self.lake.has_part(self.run_id, self.name, shard)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def write(self, shard: int, rows: Iterable[Any], quarantined: list[Quarantined] | None = None) -> int:
-        """Write shard `shard`; `quarantined` may be filled while `rows` is consumed, so it is written after."""
-        n = self.lake.write_part(self.run_id, self.name, shard, self.record, rows)
-        if quarantined:
-            self.lake.write_quarantine(self.run_id, self.name, shard, quarantined)
-            logger().warning("%s: %d rows quarantined in shard %d, e.g. %s: %s", self.name, len(quarantined),
-                             shard, quarantined[0].origin, quarantined[0].reason)
-        return n
+    lake: str = Field(description="The lake's URL: a path or any fsspec URL.")
+    run_id: str
+    seed: int = Field(0, description="The run's root seed; every random draw derives from it.")
+    grading: Grading = Field(default_factory=Grading)
 
-    def commit(self, started: float | None = None, **metrics: Any) -> str:
-        seconds = round(time.time() - (started or self.started), 2)
-        self.marker = self.lake.commit(self.run_id, self.name, self.record, config_hash=self.config_hash,
-                                       seconds=seconds, metrics=metrics)
-        logger().info("%s: %d rows in %.1f s -> %s", self.name, self.marker["rows"], seconds, self.uri)
-        return self.uri
+    @field_validator("grading", mode="before")
+    @classmethod
+    def _only_grading(cls, value: Any) -> Any:
+        # A VerifyConfig is a Grading with more (its batch size): a run keeps only how it grades.
+        return {k: getattr(value, k) for k in Grading.model_fields} if isinstance(value, Grading) else value
+
+    @cached_property
+    def store(self) -> Lake:
+        return Lake(self.lake)
+
+    def read(self, spec: StageSpec, shard: int | None = None) -> Iterator[Any]:
+        """A finished stage's records (or one of its shards), by its spec: the record type is the spec's."""
+        return self.store.read(self.run_id, spec.name, spec.record, shard=shard)
+
+    def landed(self, spec: StageSpec, shards: int) -> Iterator[Any]:
+        """The records of shards 0..shards-1 of a stage still being assembled (before its commit)."""
+        for shard in range(shards):
+            yield from self.store.read_part(self.run_id, spec.name, shard, spec.record)
+
+    def marker(self, stage: str) -> dict | None:
+        return self.store.marker(self.run_id, stage)
+
+    def metrics(self, stage: str) -> dict:
+        """A finished stage's marker metrics ({} while it is unfinished)."""
+        return (self.marker(stage) or {}).get("metrics", {})
+
+    def uri(self, stage: str) -> str:
+        return self.store.uri(self.run_id, stage)
+
+    def seed_for(self, *parts: object) -> int:
+        """A seed for one random draw of this run, derived from the root seed and what the draw is for."""
+        return derive_seed(self.seed, *parts)
+
+
+@dataclass
+class Meter:
+    """What a shard's computation reports beside its rows: the rows it refused, and counts (summed over shards;
+    a dict value is a tally by key)."""
+
+    stage: str
+    quarantined: list[Quarantined] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def refuse(self, origin: str, reason: str, excerpt: str = "") -> None:
+        self.quarantined.append(Quarantined(self.stage, origin, reason, excerpt[:200]))
+
+    def add(self, **counts: Any) -> None:
+        self.counts = merge([self.counts, counts])
+
+
+def count_rows(rows: Iterable[Any]) -> dict[str, int]:
+    return {"rows": sum(1 for _ in rows)}
+
+
+def merge(tallies: Iterable[dict]) -> dict[str, Any]:
+    """Shard tallies summed key by key: numbers add, dicts merge the same way; `shard` is dropped, anything else
+    keeps its first value."""
+    out: dict[str, Any] = {}
+    for t in tallies:
+        out = _add(out, {k: v for k, v in t.items() if k != "shard"})
+    return out
+
+
+def _add(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict):
+            out[k] = _add(out.get(k, {}), v)
+        elif isinstance(v, int | float) and not isinstance(v, bool) and isinstance(out.get(k, 0), int | float):
+            out[k] = out.get(k, 0) + v
+        else:
+            out.setdefault(k, v)
+    return out
 
 
 def token_rate(shards: list[dict]) -> dict[str, float | None]:
-    """Generated tokens and tokens/s over the shards that sampled in this attempt (busy time, not wall time): a
-    shard that landed in an earlier attempt reports no `tokens`, or 0 seconds."""
+    """Generated tokens and tokens/s over the shards that generated in the attempt that wrote them (busy time,
+    not wall time)."""
     sampled = [s for s in shards if "tokens" in s]
-    tokens, busy = sum(s["tokens"] for s in sampled), sum(s["seconds"] for s in sampled)
+    tokens, busy = sum(s["tokens"] for s in sampled), sum(s.get("seconds", 0) for s in sampled)
     return {"tokens": tokens, "tokens_per_s": round(tokens / busy, 1) if busy else None}
+
+
+def summed(cfg: Any, run: Run, shards: list[dict]) -> dict[str, Any]:
+    """The default marker metrics: the shards' tallies summed, tokens/s where they generated."""
+    total = merge(shards)
+    return {**total, **token_rate(shards)} if "tokens" in total else total
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage, declared once in its module."""
+
+    name: str  # the lake stage it writes
+    record: type | None  # its record; None: a model directory
+    config: type[BaseModel] | str  # its config, or "module:Name" where importing it here would be circular
+    compute: Callable[..., Any]  # record: (cfg, run, shard, meter) -> records; model: (cfg, run, out_dir) -> metrics
+    reads: tuple[str, ...] = ()  # the stages it reads
+    shards: Callable[[Any, Run], int] | None = None  # sharded stages: how many shards (config, run) ask for
+    tally: Callable[[Iterable[Any]], dict] = count_rows  # a shard's figures, from its records
+    summarize: Callable[[Any, Run, list[dict]], dict] = summed  # the marker's metrics, from the shards' summaries
+    identity: Callable[[Any], Any] = lambda cfg: cfg  # what of the config the marker's config hash covers
+    retries: int = 1
+
+    @property
+    def config_type(self) -> type[BaseModel]:
+        if isinstance(self.config, str):
+            module, _, name = self.config.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return self.config
+
+    @property
+    def sharded(self) -> bool:
+        return self.shards is not None
+
+    def n_shards(self, cfg: Any, run: Run) -> int:
+        return self.shards(cfg, run) if self.shards is not None else 1
+
+
+def write_shard(spec: StageSpec, cfg: Any, run: Run, shard: int) -> dict:
+    """Shard `shard` of a record stage in the lake, and its summary: recounted if it landed earlier (a retry, or a
+    run resumed after a crash), else computed and written whole (quarantine and summary before the part)."""
+    lake = run.store
+    if lake.has_part(run.run_id, spec.name, shard):
+        summary = lake.shard_summary(run.run_id, spec.name, shard)
+        if summary is None:  # written before shards kept summaries: count its rows again
+            summary = {"shard": shard, **spec.tally(lake.read_part(run.run_id, spec.name, shard, spec.record)),
+                       **_refused(lake.read_quarantine_part(run.run_id, spec.name, shard))}
+        logger().info("%s: shard %d landed earlier, recounted", spec.name, shard)
+        return summary
+    meter, t0 = Meter(spec.name), time.perf_counter()
+    summary: dict[str, Any] = {"shard": shard}
+
+    def before_publish(rows: Iterator[Any]) -> None:
+        summary.update(spec.tally(rows), **meter.counts, **_refused(meter.quarantined),
+                       seconds=round(time.perf_counter() - t0, 2))
+        lake.write_quarantine(run.run_id, spec.name, shard, meter.quarantined)
+        lake.write_shard_summary(run.run_id, spec.name, shard, summary)
+
+    lake.write_part(run.run_id, spec.name, shard, spec.record, spec.compute(cfg, run, shard, meter),
+                    before_publish=before_publish)
+    if meter.quarantined:
+        q = meter.quarantined[0]
+        logger().warning("%s: %d rows quarantined in shard %d, e.g. %s: %s", spec.name, len(meter.quarantined),
+                         shard, q.origin, q.reason)
+    return summary
+
+
+def _refused(quarantined: Iterable[Quarantined]) -> dict[str, dict[str, int]]:
+    reasons = Counter(q.reason for q in quarantined)
+    return {"refused": dict(reasons)} if reasons else {}
+
+
+def build(spec: StageSpec, cfg: Any, run: Run) -> str:
+    """A stage built in this process, shard after shard, with no orchestration (tests, benchmarks): what the
+    executor does, minus fan-out and Prefect. A committed stage is left as it is."""
+    if run.marker(spec.name) is None:
+        started = time.time()
+        if spec.record is None:
+            return build_model(spec, cfg, run, started)
+        commit(spec, cfg, run, [write_shard(spec, cfg, run, s) for s in range(spec.n_shards(cfg, run))], started)
+    return run.uri(spec.name)
+
+
+def build_model(spec: StageSpec, cfg: Any, run: Run, started: float) -> str:
+    """A model stage: its directory made in a temporary folder, copied into the lake, then committed."""
+    with tempfile.TemporaryDirectory(prefix=f"mathfactory-{spec.name}-") as tmp:
+        metrics = spec.compute(cfg, run, Path(tmp))
+        if any(Path(tmp).iterdir()):  # a referenced model (policy.pretrained) writes nothing
+            run.store.put_dir(tmp, run.run_id, spec.name)
+    return commit(spec, cfg, run, [metrics], started)
+
+
+def commit(spec: StageSpec, cfg: Any, run: Run, shards: list[dict], started: float) -> str:
+    """Write the stage's marker, last: its metrics from the shards' summaries, the config hash, the time."""
+    metrics = spec.summarize(cfg, run, shards)
+    marker = run.store.commit(run.run_id, spec.name, spec.record, config_hash=config_hash(spec.identity(cfg)),
+                              seconds=round(time.time() - started, 2), metrics=metrics)
+    what = f"{marker['rows']} rows" if spec.record else "a model"
+    logger().info("%s: %s in %.1f s -> %s", spec.name, what, marker["seconds"], run.uri(spec.name))
+    return run.uri(spec.name)

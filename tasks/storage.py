@@ -149,9 +149,11 @@ class Lake:
         return self.fs.exists(self.part_path(run_id, stage, shard))
 
     def write_part(
-        self, run_id: str, stage: str, shard: int, cls: type, rows: Iterable[Any], row_group_size: int = 4096
+        self, run_id: str, stage: str, shard: int, cls: type, rows: Iterable[Any], row_group_size: int = 4096,
+        before_publish: typing.Callable[[Iterator[Any]], None] | None = None,
     ) -> int:
-        """Write one shard of records; returns its row count. Streams: at most one row group in memory."""
+        """Write one shard of records; returns its row count. Streams: at most one row group in memory.
+        `before_publish` gets the written rows, read back from the unpublished file, before the part appears."""
         schema = arrow_schema(cls)
         names = schema.names
         count = 0
@@ -170,13 +172,32 @@ class Lake:
                     writer.write_table(_to_table(batch, names, schema))
                     count += len(batch)
 
-        _atomic_write(self.fs, self.part_path(run_id, stage, shard), write)
+        def check(local: str) -> None:
+            if before_publish is not None:
+                before_publish(_read_local(local, cls, 1024))
+
+        _atomic_write(self.fs, self.part_path(run_id, stage, shard), write, check)
         return count
 
     def write_quarantine(self, run_id: str, stage: str, shard: int, rows: list[Quarantined]) -> int:
         if not rows:
             return 0
         return self.write_part(run_id, f"{stage}/_quarantine", shard, Quarantined, rows)
+
+    def shard_summary_path(self, run_id: str, stage: str, shard: int) -> str:
+        return f"{self.stage_path(run_id, stage)}/_shards/part-{shard:05d}.json"
+
+    def write_shard_summary(self, run_id: str, stage: str, shard: int, summary: dict) -> None:
+        """What a shard's computation counted, kept beside it so a recount of a landed shard says the same."""
+        data = json.dumps(summary, sort_keys=True, default=str).encode()
+        _atomic_write(self.fs, self.shard_summary_path(run_id, stage, shard), lambda f: f.write(data))
+
+    def shard_summary(self, run_id: str, stage: str, shard: int) -> dict | None:
+        try:
+            with self.fs.open(self.shard_summary_path(run_id, stage, shard), "rb") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
 
     def commit(self, run_id: str, stage: str, cls: type | None, **meta: Any) -> dict:
         """Write the stage's _SUCCESS.json, last: row counts read from the parts' footers, plus `meta`."""
@@ -232,6 +253,11 @@ class Lake:
     def read_part(self, run_id: str, stage: str, shard: int, cls: type[R], batch_size: int = 1024) -> Iterator[R]:
         """One finished shard of a stage still being assembled (a part file is whole once it exists)."""
         yield from self._read_file(self.part_path(run_id, stage, shard), cls, batch_size)
+
+    def read_quarantine_part(self, run_id: str, stage: str, shard: int) -> Iterator[Quarantined]:
+        """What one shard refused (nothing if it refused nothing)."""
+        if self.has_part(run_id, f"{stage}/_quarantine", shard):
+            yield from self.read_part(run_id, f"{stage}/_quarantine", shard, Quarantined)
 
     def _read_file(self, path: str, cls: type[R], batch_size: int) -> Iterator[R]:
         names = arrow_schema(cls).names
@@ -367,8 +393,9 @@ def fetch_dir(url: str, **storage_options: Any) -> Path:
     return dest
 
 
-def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callable[[typing.BinaryIO], None]) -> None:
-    """Make `path` appear whole or not at all."""
+def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callable[[typing.BinaryIO], None],
+                  before_publish: typing.Callable[[str], None] | None = None) -> None:
+    """Make `path` appear whole or not at all; `before_publish` gets the finished file's local path first."""
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if not _is_local(fs):
         # An fsspec file publishes on close, and `with` closes it even when `write` raised (memory:// even
@@ -378,16 +405,27 @@ def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callab
             tmp = os.path.join(spool, path.rsplit("/", 1)[1])
             with open(tmp, "wb") as f:
                 write(f)
+            if before_publish is not None:
+                before_publish(tmp)
             fs.put_file(tmp, path)
         return
     tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{uuid.uuid4().hex}"
     try:
         with fs.open(tmp, "wb") as f:
             write(f)
+        if before_publish is not None:
+            before_publish(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _read_local(path: str, cls: type[R], batch_size: int) -> Iterator[R]:
+    """Records from a local Parquet file this process just wrote (the schema is this version's own)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            yield cls(**row)
 
 
 def _to_table(rows: list[Any], names: list[str], schema: pa.Schema) -> pa.Table:

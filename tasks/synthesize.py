@@ -3,21 +3,23 @@ shards, through any engine (transformers here, vLLM on a GPU, or the synthesizer
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from mathfactory.tasks.core import synthesis
-from mathfactory.tasks.core.records import SeedText, SynthOutput, stable_id
+from mathfactory.tasks.core.records import SeedText, SynthOutput, derive_seed, stable_id
 from mathfactory.tasks.distill import load_templates
-from mathfactory.tasks.engines import EngineOptions, OpenAIOptions, TransformersOptions, load_engine
+from mathfactory.tasks.engines import EngineOptions, TransformersOptions, load_engine, local_model
 from mathfactory.tasks.engines.base import SamplingParams
-from mathfactory.tasks.stage import Stage, token_rate
+from mathfactory.tasks.seeds import SEEDS
+from mathfactory.tasks.stage import Meter, Run, StageSpec
 from mathfactory.tasks.synthesizer import synthesizer_dir
+
+if TYPE_CHECKING:
+    from mathfactory.tasks.synthesis import SynthesisConfig
 
 STAGE = "synth_outputs"
 
@@ -46,50 +48,28 @@ def prompts(cfg: GenerateConfig, stages: list[str], seeds: Iterator[SeedText]) -
             yield s, stage
 
 
-def outputs_stage(cfg: GenerateConfig, templates: str, lake: str, run_id: str) -> Stage:
-    return Stage(lake, run_id, STAGE, SynthOutput, config={"generate": cfg.model_dump(mode="json"),
-                                                           "templates": templates})
-
-
-@task(name="synthesize-shard", cache_policy=NO_CACHE, retries=2)
-def synthesize_shard(cfg: GenerateConfig, templates: str, lake: str, run_id: str, shard: int, seed: int) -> dict:
-    st = outputs_stage(cfg, templates, lake, run_id)
-    if st.done:
-        return {"shard": shard, "skipped": True}
-    if st.has_shard(shard):
-        landed = [r.n_tokens for r in st.lake.read_part(run_id, STAGE, shard, SynthOutput)]
-        return {"shard": shard, "rows": len(landed), "tokens": sum(landed), "seconds": 0.0}
-    tmpl = load_templates(templates)
-    work = list(prompts(cfg, cfg.stages or list(tmpl.stages), st.lake.read(run_id, "seeds", SeedText)))
-    mine = work[shard::cfg.shards]
-    model_dir = None if isinstance(cfg.engine, OpenAIOptions) else synthesizer_dir(lake, run_id)
-    engine = load_engine(cfg.engine, model_dir, seed)
+def outputs(cfg: SynthesisConfig, run: Run, shard: int, meter: Meter) -> Iterator[SynthOutput]:
+    """Shard `shard` of the (seed text, stage) prompts, written by the trained synthesizer."""
+    gen, tmpl = cfg.generate, load_templates(cfg.teacher.templates)
+    work = list(prompts(gen, gen.stages or list(tmpl.stages), run.read(SEEDS)))
+    mine = work[shard::gen.shards]
+    engine = load_engine(gen.engine, local_model(gen.engine, lambda: synthesizer_dir(run)), run.seed)
     # A synthesizer that runs on past its answer starts another problem: cut there.
-    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                            stop=("\n" + synthesis.CUE,),
-                            seed=int(stable_id("synthesize", seed, shard), 16) % 2**31)
-    chunk = max(1, 256 // cfg.n)
-    tokens, t0 = 0, time.perf_counter()
-
-    def rows() -> Iterator[SynthOutput]:
-        nonlocal tokens
-        for i in tqdm(range(0, len(mine), chunk), desc=f"synthesize shard {shard}", disable=None):
-            batch = mine[i:i + chunk]
-            outs = engine.generate([tmpl.render(stage, s.text) for s, stage in batch], params)
-            for (s, stage), completions in zip(batch, outs, strict=True):
-                for k, c in enumerate(completions):
-                    tokens += c.n_tokens
-                    yield SynthOutput(stable_id(s.seed_id, stage, params.seed, k), s.seed_id, stage, c.text,
-                                      c.n_tokens, c.finish_reason)
-
-    n = st.write(shard, rows())
-    return {"shard": shard, "rows": n, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2)}
+    params = SamplingParams(n=gen.n, temperature=gen.temperature, max_new_tokens=gen.max_new_tokens,
+                            stop=("\n" + synthesis.CUE,), seed=derive_seed("synthesize", run.seed, shard))
+    chunk = max(1, 256 // gen.n)
+    for i in tqdm(range(0, len(mine), chunk), desc=f"synthesize shard {shard}", disable=None):
+        batch = mine[i:i + chunk]
+        outs = engine.generate([tmpl.render(stage, s.text) for s, stage in batch], params)
+        for (s, stage), completions in zip(batch, outs, strict=True):
+            for k, c in enumerate(completions):
+                meter.add(tokens=c.n_tokens)
+                yield SynthOutput(stable_id(s.seed_id, stage, params.seed, k), s.seed_id, stage, c.text,
+                                  c.n_tokens, c.finish_reason)
 
 
-@task(name="synth-outputs", cache_policy=NO_CACHE)
-def commit_outputs(cfg: GenerateConfig, templates: str, lake: str, run_id: str, shards: list[dict],
-                   started: float) -> str:
-    st = outputs_stage(cfg, templates, lake, run_id)
-    if st.done:
-        return st.uri
-    return st.commit(started, **token_rate([s for s in shards if not s.get("skipped")]))
+OUTPUTS = StageSpec(STAGE, SynthOutput, "mathfactory.tasks.synthesis:SynthesisConfig", outputs,
+                    reads=("seeds", "synthesizer"), shards=lambda cfg, run: cfg.generate.shards, retries=2,
+                    identity=lambda c: {"generate": c.generate.model_dump(mode="json"),
+                                        "templates": c.teacher.templates})
+SPECS = {STAGE: OUTPUTS}

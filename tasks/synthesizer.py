@@ -11,22 +11,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core.records import TeacherCall
+from mathfactory.tasks.distill import SPECS as DISTILLED
 from mathfactory.tasks.distill import stage_name as kd_stage
-from mathfactory.tasks.policy import PolicyConfig
-from mathfactory.tasks.stage import Stage
-from mathfactory.tasks.storage import Lake, fetch_dir
-from mathfactory.tasks.train import recipe
-from mathfactory.tasks.trainer import Spec, check_size, launch, write_rows
+from mathfactory.tasks.models.config import TinyConfig
+from mathfactory.tasks.stage import Run, StageSpec
+from mathfactory.tasks.storage import fetch_dir
+from mathfactory.tasks.trainer import TrainJob, check_size, launch, recipe, write_rows
 
 STAGES = {1: "synthesizer_round1", 2: "synthesizer"}
 
 
-class TinySynthesizer(PolicyConfig):
+class TinySynthesizer(TinyConfig):
     """The embedded default's synthesizer: pi_sft's architecture, sized for teacher outputs (defaults declared
     here, so overriding one field keeps the others)."""
 
@@ -53,29 +51,31 @@ def sft_rows(calls: list[TeacherCall]) -> list[dict[str, str]]:
     return [{"prompt": c.prompt, "completion": c.completion} for c in calls if c.ok]
 
 
-def synthesizer_dir(lake: str, run_id: str, round: int = 2) -> Path:
-    return Lake(lake).local_dir(run_id, STAGES[round])
+def synthesizer_dir(run: Run, round: int = 2) -> Path:
+    return run.store.local_dir(run.run_id, STAGES[round])
 
 
-@task(name="synthesizer", task_run_name="synthesizer-round{round}", cache_policy=NO_CACHE)
-def fit_synthesizer(cfg: SynthesizerConfig, lake: str, run_id: str, round: int, seed: int) -> str:
-    name = STAGES[round]
-    st = Stage(lake, run_id, name, None, config=cfg)
-    if st.done:
-        return st.uri
-    rows = sft_rows(list(st.lake.read(run_id, kd_stage(round), TeacherCall)))
-    dataset = st.lake.uri(run_id, kd_stage(round))
-    args = {**recipe("sft"), "seed": seed, "data_seed": seed, **cfg.trl_args.get(f"round{round}", {})}
-    if round == 2:
-        trainer, init = "sft", synthesizer_dir(lake, run_id, 1)
-    elif cfg.base:
-        trainer, init = "sft", fetch_dir(cfg.base)
-    else:
-        trainer, init, args = "scratch", None, cfg.tiny.model_dump(mode="json")
-    check_size(dataset, len(rows), args.get("batch_size") or args.get("per_device_train_batch_size", 8))
-    with tempfile.TemporaryDirectory(prefix=f"mathfactory-{name}-") as tmp:
-        spec = Spec(trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(Path(tmp) / "model"), dataset,
-                    str(init) if init else None, args)
-        metrics = launch(spec)
-        st.lake.put_dir(spec.out_dir, run_id, name)
-    return st.commit(round=round, dataset=dataset, init=str(init) if init else None, **metrics)
+def _round(round: int):
+    def train(cfg: SynthesizerConfig, run: Run, out_dir: Path) -> dict[str, Any]:
+        kd = DISTILLED[kd_stage(round)]
+        rows, dataset = sft_rows(list(run.read(kd))), run.uri(kd.name)
+        args = {**recipe("sft"), "seed": run.seed, "data_seed": run.seed, **cfg.trl_args.get(f"round{round}", {})}
+        if round == 2:
+            trainer, init = "sft", synthesizer_dir(run, 1)
+        elif cfg.base:
+            trainer, init = "sft", fetch_dir(cfg.base)
+        else:
+            trainer, init, args = "scratch", None, cfg.tiny.model_dump(mode="json")
+        check_size(dataset, len(rows), args.get("batch_size") or args.get("per_device_train_batch_size", 8))
+        with tempfile.TemporaryDirectory(prefix=f"mathfactory-{STAGES[round]}-") as tmp:
+            job = TrainJob(trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(out_dir), dataset,
+                           str(init) if init else None, args)
+            metrics = launch(job)
+        return {"round": round, "dataset": dataset, "init": str(init) if init else None, **metrics}
+
+    return train
+
+
+SPECS = {STAGES[r]: StageSpec(STAGES[r], None, SynthesizerConfig, _round(r),
+                              reads=(kd_stage(r),) + (("synthesizer_round1",) if r == 2 else ()), retries=0)
+         for r in (1, 2)}

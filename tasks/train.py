@@ -1,45 +1,35 @@
-"""Stages `train_{method}`: a training set of the run -> a model, trained by TRL in a process of its own.
+"""Stages `train_{method}`: a method's training sets -> a model, trained by TRL in a process of its own.
 
-The methods the paper compares, each one TRL trainer on one dataset of the `pairs` stage:
-  rft       SFT on self-generated positives (rft)          af_rft    advantage-filtered positives (rft_advantage)
-  dpo       DPO on naive correct x incorrect pairs           edit_dpo  DPO on correct x most distant incorrect
-  step_dpo  per-step DPO (dpo_step_cut, dpo_step_prefix or both)
-pi_sft (method `sft`, SFT on D_syn) is the `policy` stage; it runs through the same entry point (tasks/trainer.py).
-DPO-family methods start from pi_sft, which is also their reference.
+The methods (trainer, sets, order) are declared once in tasks/core/methods.py. pi_sft (method `sft`) is the
+`policy` stage; it runs through the same entry point (tasks/trainer.py). DPO-family methods start from pi_sft,
+which is also their reference; RFT-family ones from pi_sft or `train.base`.
 """
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict
-from functools import cache
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-import yaml
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from mathfactory.tasks.pairs import DATASETS
-from mathfactory.tasks.policy import policy_dir, policy_ref
-from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.core import methods
+from mathfactory.tasks.core.methods import TRAINED
+from mathfactory.tasks.pairs import SETS
+from mathfactory.tasks.policy import POLICY, policy_dir, policy_ref
+from mathfactory.tasks.stage import Run, StageSpec
 from mathfactory.tasks.storage import fetch_dir
-from mathfactory.tasks.trainer import Spec, check_size, launch, write_rows
+from mathfactory.tasks.trainer import TrainJob, check_size, launch, recipe, write_rows
 
 STAGE_PREFIX = "train_"
-RECIPES = Path(__file__).parent / "recipes"
-Method = Literal["rft", "af_rft", "dpo", "step_dpo", "edit_dpo"]
-TRAINED = get_args(Method)
-TRAINER = {"rft": "sft", "af_rft": "sft", "dpo": "dpo", "step_dpo": "dpo", "edit_dpo": "dpo"}
-STEP_PAIRS = {"step_cut": ("dpo_step_cut",), "step_prefix": ("dpo_step_prefix",),
-              "both": ("dpo_step_cut", "dpo_step_prefix")}
+Trained = Literal[TRAINED]  # type: ignore[valid-type]
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    methods: list[Method] = Field(["rft", "af_rft", "dpo", "step_dpo"],
+    methods: list[Trained] = Field(["rft", "af_rft", "dpo", "step_dpo"],
                                   description="Models to train after pi_sft, each on its own dataset; each is "
                                   "evaluated beside pi_sft.")
     step_dpo_pairs: Literal["step_cut", "step_prefix", "both"] = Field(
@@ -56,53 +46,49 @@ class TrainConfig(BaseModel):
 
 
 def stage_name(method: str) -> str:
-    check_method(method)
-    return f"{STAGE_PREFIX}{method}"
-
-
-def check_method(method: str) -> None:
     if method not in TRAINED:
         raise ValueError(f"unknown training method {method!r}; valid: {', '.join(TRAINED)} "
                          "(sft is the policy stage)")
+    return f"{STAGE_PREFIX}{method}"
 
 
 def datasets_for(cfg: TrainConfig, method: str) -> tuple[str, ...]:
-    check_method(method)
-    return {"rft": ("rft",), "af_rft": ("rft_advantage",), "dpo": ("dpo_outcome",), "edit_dpo": ("dpo_edit",),
-            "step_dpo": STEP_PAIRS[cfg.step_dpo_pairs]}[method]
-
-
-@cache
-def recipe(trainer: str) -> dict[str, Any]:
-    """The TRL arguments of a trainer's recipe file."""
-    return yaml.safe_load((RECIPES / f"{trainer}.yaml").read_text()) or {}
+    stage_name(method)
+    return methods.datasets_for(method, cfg.step_dpo_pairs)
 
 
 def trl_args(cfg: TrainConfig, method: str, seed: int) -> dict[str, Any]:
     """Recipe, then the run's seed, then the config's overrides for `method`."""
-    return {**recipe(TRAINER[method]), "seed": seed, "data_seed": seed, **cfg.trl_args.get(method, {})}
+    return {**recipe(methods.method(method).trainer), "seed": seed, "data_seed": seed,
+            **cfg.trl_args.get(method, {})}
 
 
-@task(name="train", task_run_name="train-{method}", cache_policy=NO_CACHE)
-def train_model(cfg: TrainConfig, method: str, lake: str, run_id: str, seed: int) -> str:
-    """Stage `train_{method}`: the method's dataset(s) -> a model directory in the lake, with its metrics."""
-    name, args = stage_name(method), trl_args(cfg, method, seed)
-    st = Stage(lake, run_id, name, None, config={"method": method, "args": args, "base": cfg.base,
-                                                 "pairs": datasets_for(cfg, method)})
-    if st.done:
-        return st.uri
-    names = datasets_for(cfg, method)
-    rows = [asdict(r) for ds in names for r in st.lake.read(run_id, ds, DATASETS[ds])]
-    uris = [st.lake.uri(run_id, ds) for ds in names]
-    # Checked here too, so a set that is too small fails before a process starts (TRL's default batch is 8).
-    check_size(" + ".join(uris), len(rows), args.get("per_device_train_batch_size", 8)
-               * args.get("gradient_accumulation_steps", 1) * cfg.num_processes)
-    from_base = TRAINER[method] == "sft" and cfg.base
-    init = fetch_dir(cfg.base) if from_base else policy_dir(lake, run_id)
-    with tempfile.TemporaryDirectory(prefix=f"mathfactory-{name}-") as tmp:
-        data = write_rows(Path(tmp) / "rows.jsonl", rows)
-        spec = Spec(TRAINER[method], data, str(Path(tmp) / "model"), " + ".join(uris), str(init), args)
-        metrics = launch(spec, cfg.num_processes)
-        st.lake.put_dir(spec.out_dir, run_id, name)
-    return st.commit(method=method, datasets=uris, init=cfg.base if from_base else policy_ref(lake, run_id),
-                     **metrics)
+def _trainer(method: str):
+    def train(cfg: TrainConfig, run: Run, out_dir: Path) -> dict[str, Any]:
+        """The method's dataset(s) -> a model directory, with its metrics."""
+        names, args = datasets_for(cfg, method), trl_args(cfg, method, run.seed)
+        rows = [asdict(r) for ds in names for r in run.read(SETS[ds])]
+        uris = [run.uri(ds) for ds in names]
+        # Checked here too, so a set that is too small fails before a process starts (TRL's default batch is 8).
+        check_size(" + ".join(uris), len(rows), args.get("per_device_train_batch_size", 8)
+                   * args.get("gradient_accumulation_steps", 1) * cfg.num_processes)
+        trainer = methods.method(method).trainer
+        from_base = trainer == "sft" and cfg.base
+        init = fetch_dir(cfg.base) if from_base else policy_dir(run)
+        with tempfile.TemporaryDirectory(prefix=f"mathfactory-{method}-") as tmp:
+            job = TrainJob(trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(out_dir), " + ".join(uris),
+                           str(init), args)
+            metrics = launch(job, cfg.num_processes)
+        return {"method": method, "datasets": uris, "init": cfg.base if from_base else policy_ref(run), **metrics}
+
+    return train
+
+
+def _identity(method: str):
+    return lambda cfg: {"method": method, "args": trl_args(cfg, method, 0), "base": cfg.base,
+                        "pairs": datasets_for(cfg, method)}
+
+
+SPECS = {stage_name(m): StageSpec(stage_name(m), None, TrainConfig, _trainer(m), identity=_identity(m),
+                                  reads=(POLICY.name, *methods.method(m).datasets), retries=0)
+         for m in TRAINED}

@@ -9,6 +9,7 @@ the flow, an OOM or a crash fails the training task and not the flow, GPU memory
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 METRICS = "metrics.json"
+RECIPES = Path(__file__).parent / "recipes"
 TRAINERS = ("scratch", "sft", "dpo")
 # What a model directory must hold before a trainer may start from it.
 MODEL_FILES = {"config.json": ("config.json",), "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
@@ -30,8 +32,16 @@ class TrainingError(RuntimeError):
     """The trainer process failed; the message says how and ends with its last lines of output."""
 
 
+@functools.cache
+def recipe(trainer: str) -> dict[str, Any]:
+    """The TRL arguments of a trainer's recipe file (tasks/recipes/{trainer}.yaml)."""
+    import yaml
+
+    return yaml.safe_load((RECIPES / f"{trainer}.yaml").read_text()) or {}
+
+
 @dataclass
-class Spec:
+class TrainJob:
     trainer: Literal["scratch", "sft", "dpo"]
     rows: str  # JSONL: prompt/completion (scratch, sft) or prompt/chosen/rejected (dpo)
     out_dir: str
@@ -45,13 +55,17 @@ def missing_model_files(path: Path, need: Iterable[str] = tuple(MODEL_FILES)) ->
     return [" or ".join(MODEL_FILES[w]) for w in need if not any((path / n).is_file() for n in MODEL_FILES[w])]
 
 
-def check_model_dir(path: str | Path) -> None:
-    """Refuse a model directory that is missing files, before any training starts."""
-    path = Path(path)
+def check_model_dir(path: str | Path, what: str = "model directory", url: str | None = None,
+                    need: Iterable[str] = tuple(MODEL_FILES)) -> None:
+    """A Hugging Face model directory has its config, a tokenizer and weights (`need` of them): say which are
+    missing, and where a model is one level down, before a loader's traceback would. `url`: the name to show."""
+    path, shown = Path(path), url or str(path)
     if not path.is_dir():
-        raise ValueError(f"model directory {path} does not exist")
-    if missing := missing_model_files(path):
-        raise ValueError(f"model directory {path} is missing {'; '.join(missing)}")
+        raise ValueError(f"{what}: {shown} does not exist")
+    if missing := missing_model_files(path, need):
+        below = sorted(d.name for d in path.iterdir() if (d / "config.json").is_file())
+        hint = f"; a model is one level down, in: {', '.join(below)}" if below else ""
+        raise ValueError(f"{what}: {shown} is not a model directory (missing: {'; '.join(missing)}){hint}")
 
 
 def command(spec_path: Path, num_processes: int = 1) -> list[str]:
@@ -62,13 +76,13 @@ def command(spec_path: Path, num_processes: int = 1) -> list[str]:
     return [sys.executable, "-m", __name__, str(spec_path)]
 
 
-def launch(spec: Spec, num_processes: int = 1, tail: int = 25) -> dict[str, Any]:
+def launch(spec: TrainJob, num_processes: int = 1, tail: int = 25) -> dict[str, Any]:
     """Run `spec` in a child process and return its metrics; a failure raises TrainingError with its last lines."""
     if spec.init is not None:
-        check_model_dir(spec.init)
+        check_model_dir(spec.init, f"{spec.trainer} trainer's initial model")
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec_path = out.parent / f"{out.name}.spec.json"
+    spec_path = Path(spec.rows).with_suffix(".job.json")  # beside the rows, in the caller's temporary folder
     spec_path.write_text(json.dumps(asdict(spec)))
     cmd = command(spec_path, num_processes)
     done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -81,7 +95,7 @@ def launch(spec: Spec, num_processes: int = 1, tail: int = 25) -> dict[str, Any]
     return json.loads((out / METRICS).read_text())
 
 
-def _rows(spec: Spec) -> list[dict[str, Any]]:
+def _rows(spec: TrainJob) -> list[dict[str, Any]]:
     with open(spec.rows, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -93,12 +107,12 @@ def check_size(dataset: str, rows: int, batch: int) -> None:
 
 
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> str:
-    """The JSONL file a Spec's `rows` names."""
+    """The JSONL file a TrainJob's `rows` names."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
 
 
-def train(spec: Spec) -> dict[str, Any]:
+def train(spec: TrainJob) -> dict[str, Any]:
     """The training itself, in this process (the child's body; tests may call it directly)."""
     import datasets
 
@@ -141,7 +155,7 @@ def train(spec: Spec) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     (spec_path,) = argv
-    spec = Spec(**json.loads(Path(spec_path).read_text()))
+    spec = TrainJob(**json.loads(Path(spec_path).read_text()))
     metrics = train(spec)
     if int(os.environ.get("RANK", "0")) == 0:
         (Path(spec.out_dir) / METRICS).write_text(json.dumps(metrics))

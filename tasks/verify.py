@@ -1,62 +1,68 @@
-"""Stage `verdicts`: Rollout + the problem's gold answer -> Verdict with a reason, shard by shard."""
+"""Stage `verdicts`: Rollout + the problem's gold answer -> Verdict with a reason, shard by shard; and the same
+grading for any user file of model outputs (`mathfactory verify`)."""
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from mathfactory.tasks.core import summary
-from mathfactory.tasks.core.records import Problem, Rollout, Verdict
-from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.core.records import Verdict
+from mathfactory.tasks.judge import Grading
+from mathfactory.tasks.problems import PROBLEMS
+from mathfactory.tasks.sample import ROLLOUTS
+from mathfactory.tasks.stage import Meter, Run, StageSpec
+from mathfactory.tasks.storage import iter_file_rows
 
-STAGE = "verdicts"
 
+class VerifyConfig(Grading):
+    """How answers are graded, for the verdicts and every other stage that grades (a run's `grading`)."""
 
-class VerifyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    timeout_s: float = Field(5.0, gt=0, description="Hard limit per LaTeX comparison; the item gets `timeout`.")
-    workers: int = Field(2, ge=1, description="Worker processes for the LaTeX (math-verify) path.")
     batch: int = Field(512, ge=1, description="Rollouts graded per call to the judge.")
 
 
-def judge(cfg: VerifyConfig):
-    """A Judge with the run's grading settings: every stage that grades (verdicts, credit, evaluation, the
-    synthesis gates) grades the same way."""
-    from mathfactory.tasks.judge import Judge
-
-    return Judge(timeout_s=cfg.timeout_s, workers=cfg.workers)
-
-
-@task(name="verify-shard", cache_policy=NO_CACHE, retries=2)
-def verify_shard(cfg: VerifyConfig, lake: str, run_id: str, shard: int) -> dict:
-    st = Stage(lake, run_id, STAGE, Verdict, config=cfg)
-    if st.done:
-        return {"skipped": True}
-    if st.has_shard(shard):  # a retry after this shard landed: count it, don't grade it again
-        return summary.tally(st.lake.read_part(run_id, STAGE, shard, Verdict))
-    gold = {p.problem_id: p.answer for p in st.lake.read(run_id, "problems", Problem)}
-    rollouts = list(st.lake.read(run_id, "rollouts", Rollout, shard=shard))
-    with judge(cfg) as grader:
-        verdicts: list[Verdict] = []
+def verdicts(cfg: VerifyConfig, run: Run, shard: int, meter: Meter) -> Iterator[Verdict]:
+    """Shard `shard` of the rollouts, graded against their problems' gold answers."""
+    gold = {p.problem_id: p.answer for p in run.read(PROBLEMS)}
+    rollouts = list(run.read(ROLLOUTS, shard=shard))
+    with run.grading.judge() as judge:
         for i in tqdm(range(0, len(rollouts), cfg.batch), desc=f"verify shard {shard}", disable=None):
             batch = rollouts[i : i + cfg.batch]
-            grades = grader.grade_many((gold[r.problem_id], r.completion) for r in batch)
-            verdicts += [
-                Verdict(r.rollout_id, r.problem_id, r.split, r.stage, g.correct, g.reason, g.predicted,
-                        gold[r.problem_id], g.calc_errors)
-                for r, g in zip(batch, grades, strict=True)
-            ]
-    st.write(shard, verdicts)
-    return summary.tally(verdicts)
+            grades = judge.grade_many((gold[r.problem_id], r.completion) for r in batch)
+            yield from (Verdict(r.rollout_id, r.problem_id, r.split, r.stage, g.correct, g.reason, g.predicted,
+                                gold[r.problem_id], g.calc_errors) for r, g in zip(batch, grades, strict=True))
 
 
-@task(name="verdicts", cache_policy=NO_CACHE)
-def commit_verdicts(cfg: VerifyConfig, lake: str, run_id: str, tallies: list[dict], started: float) -> str:
-    st = Stage(lake, run_id, STAGE, Verdict, config=cfg)
-    if st.done:
-        return st.uri
-    total = summary.merge(t for t in tallies if not t.get("skipped"))
-    return st.commit(started, **total, accuracy=summary.accuracy(total["groups"]))
+def _summarize(cfg: VerifyConfig, run: Run, shards: list[dict]) -> dict:
+    total = summary.merge(shards)
+    return {**total, "accuracy": summary.accuracy(total["groups"])}
+
+
+# A verdicts shard grades a rollouts shard: the two stages are sharded alike.
+VERDICTS = StageSpec("verdicts", Verdict, VerifyConfig, verdicts, reads=(PROBLEMS.name, ROLLOUTS.name),
+                     shards=lambda cfg, run: len(run.marker(ROLLOUTS.name)["parts"]), tally=summary.tally,
+                     summarize=_summarize, retries=2)
+SPECS = {VERDICTS.name: VERDICTS}
+
+
+def grade_file(file: str, gold: str, pred: str, grading: Grading) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    """Every row of a user's JSONL/Parquet file with `correct`, `reason` and `predicted` added, as (origin, row,
+    problem): a row that cannot be graded (bad line, no usable column) gets reason `unparseable` and its problem."""
+    graded, pairs = [], []
+    for origin, row, error in iter_file_rows(file):
+        if error is None and (missing := [c for c in (gold, pred) if not isinstance(row.get(c), str | int | float)]):
+            error = f"no usable {' or '.join(missing)} column"
+        graded.append((origin, row, error))
+        if error is None:
+            pairs.append((str(row[gold]), str(row[pred])))
+    with grading.judge() as judge:
+        grades = iter(judge.grade_many(pairs))
+    for origin, row, error in graded:
+        if error is not None:
+            yield origin, {**(row or {}), "correct": False, "reason": "unparseable", "predicted": None}, error
+        else:
+            g = next(grades)
+            yield origin, {**row, "correct": g.correct, "reason": g.reason, "predicted": g.predicted}, None

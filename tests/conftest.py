@@ -19,6 +19,8 @@ os.environ.update(
 
 from support import SHARED_DATA  # noqa: E402
 
+pytest_plugins = ["credit_world"]  # the credit and pairs stage tests' shared world and runs (module-scoped)
+
 
 @pytest.fixture(scope="session")
 def prefect_api():

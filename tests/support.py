@@ -6,6 +6,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRESET = REPO / "tests" / "tiny.yaml"  # every stage for real, in seconds
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The tiny from-scratch model the model and training tests build (tasks/models/config.py:TinyConfig fields): learns a
+# few toy problems in seconds on one thread.
+TINY_MODEL = dict(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_length=256,
+                  max_steps=20, batch_size=8, learning_rate=3e-3)
 
 
 def toy_training_sets(problems: list) -> tuple[list, list]:

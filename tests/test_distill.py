@@ -8,11 +8,13 @@ from engines.openai_app import Faults, Record, Server, make_app
 
 from mathfactory.tasks.core import synthesis
 from mathfactory.tasks.core.records import TeacherCall
-from mathfactory.tasks.distill import DistillConfig, TeacherConfig, distill, load_templates
+from mathfactory.tasks.distill import SPECS, DistillConfig, TeacherConfig, load_templates
 from mathfactory.tasks.engines import OpenAIOptions
 from mathfactory.tasks.engines.toy_teacher import ToyTeacher
-from mathfactory.tasks.seeds import SeedsConfig, make_seeds
+from mathfactory.tasks.seeds import SEEDS, SeedsConfig
+from mathfactory.tasks.stage import Run, build
 from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.synthesis import SynthesisConfig
 
 MODEL = "toy-teacher-served"
 DISTILL = DistillConfig(stages=["grade_school", "college"], round1_seeds=6)
@@ -38,8 +40,8 @@ def teacher_config(server: Server, **kw) -> TeacherConfig:
 
 
 def run_round(lake: str, run: str, teacher: TeacherConfig) -> list[TeacherCall]:
-    make_seeds.fn(SeedsConfig(n=12), lake, run, 0)
-    distill.fn(DISTILL, teacher, lake, run, 1, 0)
+    build(SEEDS, SeedsConfig(n=12), Run(lake=lake, run_id=run))
+    build(SPECS["kd_round1"], SynthesisConfig(distill=DISTILL, teacher=teacher), Run(lake=lake, run_id=run))
     return list(Lake(lake).read(run, "kd_round1", TeacherCall))
 
 

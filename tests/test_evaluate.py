@@ -15,21 +15,21 @@ from pytest import approx
 from support import TINY_PRESET
 from teacher import ScriptedTeacher
 
-from mathfactory.flows.fanout import RunnerConfig, run_sharded
+from mathfactory.flows.executor import execute
+from mathfactory.flows.fanout import RunnerConfig
 from mathfactory.flows.report import comparison, tables
-from mathfactory.flows.shard import is_sharded, shard_call
+from mathfactory.flows.shard import resolve
 from mathfactory.tasks import evaluate
 from mathfactory.tasks.core import evaluation, format
 from mathfactory.tasks.core.grading import extract_answer
 from mathfactory.tasks.core.records import REASONS, EvalResult, Problem
 from mathfactory.tasks.engines import TransformersOptions, load_engine
 from mathfactory.tasks.engines.base import SamplingParams
-from mathfactory.tasks.evaluate import EvalConfig, commit_eval, eval_shard, eval_stage
-from mathfactory.tasks.policy import PolicyConfig, policy_dir, train_policy
-from mathfactory.tasks.problems import ProblemsConfig, make_problems
-from mathfactory.tasks.stage import Stage
+from mathfactory.tasks.evaluate import SPECS, EvalConfig, eval_stage
+from mathfactory.tasks.policy import POLICY, PolicyConfig, policy_dir, train_policy
+from mathfactory.tasks.problems import PROBLEMS, ProblemsConfig
+from mathfactory.tasks.stage import Run, build, commit, write_shard
 from mathfactory.tasks.storage import Lake
-from mathfactory.tasks.verify import VerifyConfig
 
 TINY = yaml.safe_load(TINY_PRESET.read_text())
 RUN = "tiny-eval"
@@ -40,17 +40,20 @@ EVAL = EvalConfig(problems_per_stage=PER_STAGE, k=3, max_new_tokens=24, shards=2
 SFT = eval_stage("sft")
 
 
+def run_in(lake: str) -> Run:
+    return Run(lake=lake, run_id=RUN, seed=SEED)
+
+
 def make_run(lake: str) -> None:
-    """A run's problems and its trained policy (pi_sft), written as the pipeline's first two stages write them
+    """A run's problems and its trained policy (pi_sft), built as the pipeline's first two stages build them
     (the policy trained in this process, by the function the policy stage runs)."""
-    make_problems.fn(ProblemsConfig(**TINY["problems"]), lake, RUN, SEED)
+    build(PROBLEMS, ProblemsConfig(**TINY["problems"]), run_in(lake))
     cfg = PolicyConfig(**TINY["policy"])
-    st = Stage(lake, RUN, "policy", None, config=cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        train = [p for p in st.lake.read(RUN, "problems", Problem) if p.split == "train"]
+        train = [p for p in run_in(lake).read(PROBLEMS) if p.split == "train"]
         metrics = train_policy(cfg, train, Path(tmp))
-        st.lake.put_dir(tmp, RUN, "policy")
-    st.commit(**metrics)
+        Lake(lake).put_dir(tmp, RUN, "policy")
+    commit(POLICY, cfg, run_in(lake), [metrics], time.time())
 
 
 def copy_run(src: str, dst: str, stages=("problems", "policy")) -> str:
@@ -61,9 +64,7 @@ def copy_run(src: str, dst: str, stages=("problems", "policy")) -> str:
 
 def evaluate_here(cfg: EvalConfig, lake: str, stage: str = SFT) -> list[EvalResult]:
     """The stage's shards one after another in this process (no Prefect run), then its commit."""
-    started = time.time()
-    shards = [eval_shard.fn(cfg, lake, RUN, stage, s, SEED) for s in range(cfg.shards)]
-    commit_eval.fn(cfg, lake, RUN, stage, shards, started)
+    build(SPECS[stage], cfg, run_in(lake))
     return list(Lake(lake).read(RUN, stage, EvalResult))
 
 
@@ -86,10 +87,8 @@ def trained(tmp_path_factory) -> str:
 
 @flow
 def evaluation_flow(cfg: EvalConfig, lake: str, stage: str) -> str:
-    """What a pipeline does for one method: the stage's shards where the runner says, then its commit."""
-    started = time.time()
-    shards = run_sharded(RunnerConfig(), stage, cfg, lake, RUN, cfg.shards, SEED)
-    return commit_eval(cfg, lake, RUN, stage, shards, started)
+    """What a pipeline does for one method: the executor fans the stage's shards out, then commits."""
+    return execute(SPECS[stage], cfg, run_in(lake), RunnerConfig())
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,7 @@ def test_one_row_per_problem_with_its_greedy_answer_and_k_samples(evaluated):
         assert r.k == len(r.sampled_predicted) == 3 and 0 <= r.n_sampled_correct <= 3
         assert r.majority == evaluation.majority(r.sampled_predicted)
     # The pass@1 answer is the model's greedy decode of the shared prompt format.
-    engine = load_engine(TransformersOptions(), policy_dir(evaluated, RUN))
+    engine = load_engine(TransformersOptions(), policy_dir(run_in(evaluated)))
     ordered = [problems[r.problem_id] for r in rows]
     greedy = engine.generate([format.prompt(p.question) for p in ordered],
                              SamplingParams(n=1, temperature=0, max_new_tokens=24, stop=format.STOP))
@@ -138,8 +137,7 @@ def test_a_finished_stage_is_skipped(evaluated):
     before = lake.marker(RUN, SFT)
     parts = {p: lake.fs.info(p)["mtime"] for p in lake.fs.glob(f"{lake.stage_path(RUN, SFT)}/part-*.parquet")}
     assert evaluation_flow(EVAL, evaluated, SFT) == lake.uri(RUN, SFT)
-    assert eval_shard.fn(EVAL, evaluated, RUN, SFT, 0, SEED) == {"shard": 0, "skipped": True}
-    commit_eval.fn(EVAL, evaluated, RUN, SFT, [], time.time())
+    assert build(SPECS[SFT], EVAL, run_in(evaluated)) == lake.uri(RUN, SFT)
     assert lake.marker(RUN, SFT) == before
     assert {p: lake.fs.info(p)["mtime"] for p in parts} == parts
 
@@ -155,33 +153,32 @@ def test_same_model_and_seed_give_the_same_rows_anywhere(evaluated, trained, tmp
 
 def test_a_landed_shard_is_counted_not_redone(trained, tmp_path):
     lake = copy_run(trained, str(tmp_path / "lake"))
-    first = eval_shard.fn(EVAL, lake, RUN, SFT, 1, SEED)
+    first = write_shard(SPECS[SFT], EVAL, run_in(lake), 1)
     path = Lake(lake).part_path(RUN, SFT, 1)
     mtime = Lake(lake).fs.info(path)["mtime"]
-    assert eval_shard.fn(EVAL, lake, RUN, SFT, 1, SEED) == {"shard": 1, "rows": first["rows"]}  # no tokens
+    assert first["rows"] == PER_STAGE * len(STAGES) // 2 and first["tokens"] > 0
+    assert write_shard(SPECS[SFT], EVAL, run_in(lake), 1) == first  # recounted from its summary, same figures
     assert Lake(lake).fs.info(path)["mtime"] == mtime
 
 
-def test_eval_stages_are_sharded_and_unknown_methods_refused(trained):
-    task, args = shard_call(SFT, EVAL.model_dump(mode="json"), trained, RUN, 1, SEED)  # as a shard run gets it
-    assert task is eval_shard and args == (EVAL, trained, RUN, SFT, 1, SEED, VerifyConfig())
-    listing = "sft, rft, af_rft, dpo, step_dpo, edit_dpo"
-    for call in (lambda: eval_stage("ppo"), lambda: shard_call("eval_ppo", {}, trained, RUN, 0, SEED),
-                 lambda: eval_shard.fn(EVAL, trained, RUN, "eval_ppo", 0, SEED)):
-        with pytest.raises(ValueError, match=f"unknown method 'ppo'; methods: {listing}"):
-            call()
-    assert is_sharded("eval_dpo") and is_sharded("rollouts")
-    assert not is_sharded("eval_ppo") and not is_sharded("sft") and not is_sharded("policy")
+def test_eval_stages_are_sharded_and_unknown_methods_refused():
+    assert resolve("mathfactory.tasks.evaluate", SFT) is SPECS[SFT]  # as a shard run finds its stage
+    assert set(SPECS) == {f"eval_{m}" for m in ("sft", "rft", "af_rft", "dpo", "edit_dpo", "step_dpo")}
+    assert all(spec.sharded and spec.n_shards(EVAL, run_in("/lake")) == 2 for spec in SPECS.values())
+    with pytest.raises(ValueError, match="unknown method 'ppo'; methods: sft, rft, af_rft, dpo, edit_dpo, step_dpo"):
+        eval_stage("ppo")
+    with pytest.raises(ValueError, match="declares no stage 'eval_ppo'"):
+        resolve("mathfactory.tasks.evaluate", "eval_ppo")
 
 
 def test_another_methods_model_is_read_from_its_train_stage(trained, tmp_path):
     lake = copy_run(trained, str(tmp_path / "lake"))
     with pytest.raises(FileNotFoundError, match=f"run {RUN}: no model to evaluate for method 'dpo': stage "
                                                 "'train_dpo' has not finished"):
-        eval_shard.fn(EVAL, lake, RUN, eval_stage("dpo"), 0, SEED)
+        write_shard(SPECS[eval_stage("dpo")], EVAL, run_in(lake), 0)
     # pi_sft's weights stand in for a DPO model, committed as a training stage commits its model.
     lk = Lake(lake)
-    lk.put_dir(policy_dir(lake, RUN), RUN, "train_dpo")
+    lk.put_dir(policy_dir(run_in(lake)), RUN, "train_dpo")
     lk.commit(RUN, "train_dpo", None, metrics={"train_rows": 5})
     dpo = evaluate_here(EVAL, lake, eval_stage("dpo"))
     sft = evaluate_here(EVAL, lake)

@@ -6,11 +6,13 @@ import pytest
 
 from mathfactory.tasks.core import synthesis
 from mathfactory.tasks.core.records import Problem, SynthOutput
-from mathfactory.tasks.distill import TeacherConfig, load_templates
+from mathfactory.tasks.distill import load_templates
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.engines.toy_teacher import ToyTeacher
-from mathfactory.tasks.gate import GATES, GatesConfig, gate_problems
+from mathfactory.tasks.gate import GATES, SYNTHESIZED, GatesConfig
+from mathfactory.tasks.stage import Run, build
 from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.synthesis import SynthesisConfig
 
 RUN = "gate-test"
 # GSM8K test #0, lightly rephrased: case, whitespace and punctuation changed.
@@ -44,7 +46,8 @@ def gated(tmp_path_factory, shared_data):
     lake = str(tmp_path_factory.mktemp("lake"))
     Lake(lake).write_part(RUN, "synth_outputs", 0, SynthOutput, [output(i, t) for i, t in enumerate(texts)])
     Lake(lake).commit(RUN, "synth_outputs", SynthOutput)
-    gate_problems.fn(GatesConfig(data_path=str(shared_data), solutions="synthesizer"), TeacherConfig(), lake, RUN, 0)
+    gates = GatesConfig(data_path=str(shared_data), solutions="synthesizer")
+    build(SYNTHESIZED, SynthesisConfig(gates=gates), Run(lake=lake, run_id=RUN))
     out = {o: f"out{len(good) + k:02d}" for k, o in enumerate(planted)}
     return Lake(lake), good, out
 
@@ -79,7 +82,8 @@ def test_with_teacher_solutions_only_the_problem_must_be_sound(tmp_path, shared_
     lake = str(tmp_path)
     Lake(lake).write_part(RUN, "synth_outputs", 0, SynthOutput, [output(i, t) for i, t in enumerate(texts)])
     Lake(lake).commit(RUN, "synth_outputs", SynthOutput)
-    gate_problems.fn(GatesConfig(data_path=str(shared_data), solutions="teacher"), TeacherConfig(), lake, RUN, 0)
+    gates = GatesConfig(data_path=str(shared_data), solutions="teacher")
+    build(SYNTHESIZED, SynthesisConfig(gates=gates), Run(lake=lake, run_id=RUN))
     [kept] = Lake(lake).read(RUN, "synth_problems", Problem)
     assert (kept.question, kept.solution, kept.answer) == (first.question, first.solution, first.answer)
     [dropped] = Lake(lake).read_quarantine(RUN, "synth_problems")

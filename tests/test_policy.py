@@ -2,14 +2,16 @@ import pydantic
 import pytest
 import torch
 from safetensors.torch import load_file
+from support import TINY_MODEL
 
 from mathfactory.tasks.core import format
 from mathfactory.tasks.domains import toy
-from mathfactory.tasks.policy import PolicyConfig, check_model_dir, sft_rows, train_policy
-from mathfactory.tasks.storage import DataError
+from mathfactory.tasks.policy import PolicyConfig, sft_rows, train_policy
+from mathfactory.tasks.trainer import check_model_dir
 
-TINY = dict(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_length=256,
-            max_steps=20, batch_size=8, learning_rate=3e-3)
+CONFIG_AND_TOKENIZER = ("config.json", "tokenizer")  # what policy.pretrained must have (weights: the loader's)
+
+TINY = TINY_MODEL
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,11 +68,11 @@ def test_too_few_problems_is_refused_with_the_count(problems, tmp_path, n):
 def test_a_pretrained_path_that_is_not_a_model_is_named_with_what_is_missing(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    with pytest.raises(DataError, match=r"policy.pretrained: .* is not a model directory \(missing: config.json; "
+    with pytest.raises(ValueError, match=r"policy.pretrained: .* is not a model directory \(missing: config.json; "
                                         r"tokenizer.json or tokenizer_config.json\); a model is one level down, "
                                         r"in: model"):
-        check_model_dir(tmp_path, "policy.pretrained", str(tmp_path))
-    with pytest.raises(DataError, match=r"missing: tokenizer.json or tokenizer_config.json\)$"):
-        check_model_dir(tmp_path / "model", "policy.pretrained", str(tmp_path / "model"))
+        check_model_dir(tmp_path, "policy.pretrained", str(tmp_path), CONFIG_AND_TOKENIZER)
+    with pytest.raises(ValueError, match=r"missing: tokenizer.json or tokenizer_config.json\)$"):
+        check_model_dir(tmp_path / "model", "policy.pretrained", str(tmp_path / "model"), CONFIG_AND_TOKENIZER)
     (tmp_path / "model" / "tokenizer.json").write_text("{}")
-    check_model_dir(tmp_path / "model", "policy.pretrained", str(tmp_path / "model"))
+    check_model_dir(tmp_path / "model", "policy.pretrained", str(tmp_path / "model"), CONFIG_AND_TOKENIZER)

@@ -5,19 +5,25 @@ import shutil
 
 import pydantic
 import pytest
-from support import toy_training_sets
+from support import TINY_MODEL, toy_training_sets
 
 from mathfactory.tasks import trainer
+from mathfactory.tasks.core.methods import TRAINED
 from mathfactory.tasks.core.records import PreferencePair, Problem, SFTExample
 from mathfactory.tasks.domains import toy
-from mathfactory.tasks.policy import PolicyConfig, fit_policy, policy_dir
+from mathfactory.tasks.policy import POLICY, PolicyConfig, policy_dir
+from mathfactory.tasks.stage import Run, build
 from mathfactory.tasks.storage import Lake
-from mathfactory.tasks.train import TRAINED, TrainConfig, datasets_for, stage_name, train_model
+from mathfactory.tasks.train import SPECS, TrainConfig, datasets_for, stage_name
 
 RUN = "train-test"
-TINY = dict(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_length=256,
-            max_steps=60, batch_size=8, learning_rate=3e-3)
+TINY = {**TINY_MODEL, "max_steps": 60}
 FEW = {"max_steps": 2, "logging_steps": 1}  # a few steps of each method
+
+
+def train_model(cfg: TrainConfig, method: str, lake: str, run_id: str) -> str:
+    """The method's stage as the executor builds it (in this process)."""
+    return build(SPECS[stage_name(method)], cfg, Run(lake=lake, run_id=run_id))
 
 
 def write(lake: Lake, stage: str, cls: type, rows: list) -> None:
@@ -31,7 +37,7 @@ def lake(tmp_path_factory) -> Lake:
     lk = Lake(str(tmp_path_factory.mktemp("lake")))
     problems = toy.generate(64, "train", seed=5, stages=["grade_school", "middle_school"])
     write(lk, "problems", Problem, problems)
-    fit_policy.fn(PolicyConfig(**TINY), lk.root, RUN)
+    build(POLICY, PolicyConfig(**TINY), Run(lake=lk.root, run_id=RUN))
     sft, pairs = toy_training_sets(problems)
     for name in ("rft", "rft_advantage"):
         write(lk, name, SFTExample, sft)
@@ -50,13 +56,13 @@ def copy_run(lake: Lake, run: str, *stages: str) -> str:
 def test_pi_sft_is_trained_in_its_own_process(lake):
     m = lake.marker(RUN, "policy")["metrics"]
     assert m["steps"] == 60 and m["train_rows"] == 64 and m["final_loss"] < m["first_loss"]
-    assert (policy_dir(lake.root, RUN) / "config.json").is_file()
+    assert (policy_dir(Run(lake=lake.root, run_id=RUN)) / "config.json").is_file()
 
 
 @pytest.mark.parametrize("method", TRAINED)
 def test_each_method_trains_from_lake_datasets(lake, method):
     cfg = TrainConfig(trl_args={method: FEW})
-    train_model.fn(cfg, method, lake.root, RUN, 0)
+    train_model(cfg, method, lake.root, RUN)
     marker = lake.marker(RUN, stage_name(method))
     m = marker["metrics"]
     assert m["method"] == method and m["steps"] == 2 and m["train_rows"] == 64
@@ -67,7 +73,7 @@ def test_each_method_trains_from_lake_datasets(lake, method):
     if method.endswith("dpo"):
         assert len(m["rewards_margins"]) == 2
 
-    train_model.fn(cfg, method, lake.root, RUN, 0)  # same inputs: skipped, nothing retrained
+    train_model(cfg, method, lake.root, RUN)  # same inputs: skipped, nothing retrained
     assert lake.marker(RUN, stage_name(method)) == marker
 
 
@@ -76,7 +82,7 @@ def test_per_step_dpo_pulls_chosen_ahead_of_rejected(lake):
     cfg = TrainConfig(trl_args={"step_dpo": {"max_steps": 16, "learning_rate": 1e-3, "logging_steps": 1,
                                              "lr_scheduler_type": "constant"}})
     run = copy_run(lake, "margins", "dpo_step_cut")
-    train_model.fn(cfg, "step_dpo", lake.root, run, 0)
+    train_model(cfg, "step_dpo", lake.root, run)
     margins = lake.marker(run, "train_step_dpo")["metrics"]["rewards_margins"]
     assert len(margins) == 16 and margins[0] == pytest.approx(0, abs=1e-3)  # the reference is the start
     first, last = sum(margins[:4]) / 4, sum(margins[-4:]) / 4
@@ -92,19 +98,19 @@ def test_bad_input_is_refused_with_the_reason(lake, tmp_path):
 
     big_batch = TrainConfig(trl_args={"rft": {"per_device_train_batch_size": 128}})
     with pytest.raises(ValueError, match=r"dataset .*/rft has 64 rows, fewer than one batch of 128"):
-        train_model.fn(big_batch, "rft", lake.root, run, 0)
+        train_model(big_batch, "rft", lake.root, run)
 
     broken = tmp_path / "broken"
-    shutil.copytree(policy_dir(lake.root, RUN), broken)
+    shutil.copytree(policy_dir(Run(lake=lake.root, run_id=RUN)), broken)
     (broken / "tokenizer.json").unlink()
     (broken / "tokenizer_config.json").unlink()
-    with pytest.raises(ValueError, match="missing tokenizer"):
-        trainer.launch(trainer.Spec("sft", str(tmp_path / "rows.jsonl"), str(tmp_path / "out"), "rft",
+    with pytest.raises(ValueError, match=r"is not a model directory \(missing: tokenizer"):
+        trainer.launch(trainer.TrainJob("sft", str(tmp_path / "rows.jsonl"), str(tmp_path / "out"), "rft",
                                     str(broken)))
 
     typo = TrainConfig(trl_args={"rft": {"learnig_rate": 1.0}})
     with pytest.raises(trainer.TrainingError, match=r"sft trainer on .*/rft exited with status 1(.|\n)*learnig_rate"):
-        train_model.fn(typo, "rft", lake.root, run, 0)
+        train_model(typo, "rft", lake.root, run)
     assert lake.marker(run, "train_rft") is None  # no model, no marker: the next attempt starts clean
 
 

@@ -20,6 +20,11 @@ def stable_id(*parts: object) -> str:
     return h.hexdigest()
 
 
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from the root seed and what it is for (31 bits: some servers seed numpy with it)."""
+    return int(stable_id(*parts), 16) % 2**31
+
+
 @dataclass(frozen=True)
 class Problem:
     problem_id: str

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 STYLES = ("lines", "math")
+LATEX_SOURCES = ("math500",)  # their solutions are prose + LaTeX: split into sentence steps, not lines
 MATH_MIN_CHARS = 30  # shorter pieces ("Thus $x=2$.") carry too little to be worth a Q-value of their own
 MATH_MAX_STEPS = 12
 
@@ -33,6 +34,11 @@ _PROTECTED = re.compile(
 _BLANK_LINE = re.compile(r"\n[ \t]*\n\s*")
 # A terminator (possibly the last character inside math, as MATH writes `$x = 3.$`), then a new sentence.
 _SENTENCE_END = re.compile(r"[.!?](\$\$|\$|\\\])?(?=(\s+)(?:[A-Z$]|\\\[))")
+
+
+def style_for(style: str, source: str) -> str:
+    """The split a problem's solutions get: `style` (lines, math), or by its source when `style` is auto."""
+    return style if style != "auto" else "math" if source in LATEX_SOURCES else "lines"
 
 
 def split_steps(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -48,6 +49,12 @@ EngineOptions = Annotated[TransformersOptions | VLLMOptions | OpenAIOptions, Fie
 def model_name(options: EngineOptions, model_dir: str | Path | None) -> str:
     """What wrote a completion: the served model for HTTP engines, else the model directory."""
     return f"{options.base_url}#{options.model}" if isinstance(options, OpenAIOptions) else str(model_dir)
+
+
+def local_model(options: EngineOptions, model_dir: Callable[[], Path]) -> Path | None:
+    """The local model directory an in-process engine loads (found only then); None for an HTTP engine, which
+    uses the model its server serves."""
+    return None if isinstance(options, OpenAIOptions) else model_dir()
 
 
 def load_engine(options: EngineOptions, model_dir: str | Path | None = None, seed: int = 0) -> Engine:

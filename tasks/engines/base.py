@@ -47,6 +47,15 @@ class Engine(Protocol):
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]: ...
 
 
+class RequestCache(Protocol):
+    """Where a paid request's answer is kept once it arrives (the lake's, tasks/storage.py, or any get/put store):
+    the same request is never paid for twice."""
+
+    def get(self, key: str) -> dict | None: ...
+
+    def put(self, key: str, value: dict) -> None: ...
+
+
 def request_seeds(prompts: Sequence[str], seed: int) -> list[int]:
     """One seed per prompt from (seed, prompt, how often that prompt came before in the batch).
 

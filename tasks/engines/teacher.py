@@ -9,10 +9,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields, replace
 
-from mathfactory.tasks.core.records import stable_id
-from mathfactory.tasks.engines.base import Engine, SamplingParams, request_seeds
+from mathfactory.tasks.core.records import derive_seed, stable_id
+from mathfactory.tasks.engines.base import Engine, RequestCache, SamplingParams, request_seeds
 from mathfactory.tasks.engines.openai_engine import EngineHTTPError
-from mathfactory.tasks.storage import RequestCache
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def request_key(model: str, prompt: str, params: SamplingParams) -> str:
 
 def retry_seed(seed: int, rejected: int) -> int:
     """The seed after `rejected` rejected texts: a fixed seed would only repeat the rejected text."""
-    return int(stable_id(seed, rejected), 16) % 2**31
+    return derive_seed(seed, rejected)
 
 
 class Teacher:

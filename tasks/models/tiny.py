@@ -21,7 +21,7 @@ from transformers import (
 from trl import SFTTrainer
 
 if TYPE_CHECKING:
-    from mathfactory.tasks.policy import PolicyConfig
+    from mathfactory.tasks.models.config import TinyConfig
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -51,7 +51,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
 
 
-def init_model(tokenizer: PreTrainedTokenizerFast, cfg: PolicyConfig) -> LlamaForCausalLM:
+def init_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyConfig) -> LlamaForCausalLM:
     """A randomly initialised Llama sized by `cfg`; the same seed gives the same weights."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -142,7 +142,7 @@ def build_trainer(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     rows: list[dict[str, str]],
-    cfg: PolicyConfig,
+    cfg: TinyConfig,
     out_dir: Path,
 ) -> SFTTrainer:
     """A TRL SFTTrainer over prompt/completion rows, loss on the completion only, set up for a CPU."""
@@ -215,7 +215,7 @@ def sft(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     rows: list[dict[str, str]],
-    cfg: PolicyConfig,
+    cfg: TinyConfig,
     out_dir: Path,
 ) -> dict[str, Any]:
     """SFT on prompt/completion rows (loss on the completion only); saves model + tokenizer to `out_dir`."""

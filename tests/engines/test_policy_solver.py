@@ -3,9 +3,10 @@ synthesized problem states (a tiny model that memorized a few answers plays the 
 
 from mathfactory.tasks.core import synthesis
 from mathfactory.tasks.core.records import Problem, SynthOutput
-from mathfactory.tasks.distill import TeacherConfig
-from mathfactory.tasks.gate import GatesConfig, gate_problems
+from mathfactory.tasks.gate import SYNTHESIZED, GatesConfig
+from mathfactory.tasks.stage import Run, build
 from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.synthesis import SynthesisConfig
 
 RUN = "policy-solver"
 
@@ -19,7 +20,7 @@ def test_a_problem_is_kept_iff_the_policys_majority_agrees(tiny_model, tmp_path,
     lake.commit(RUN, "synth_outputs", SynthOutput)
     cfg = GatesConfig(solvable="policy", solutions="synthesizer", solver_model=str(tiny_model.path), solver_k=3,
                       solver_max_new_tokens=48, decontaminate=[])
-    gate_problems.fn(cfg, TeacherConfig(), str(tmp_path), RUN, 0)
+    build(SYNTHESIZED, SynthesisConfig(gates=cfg), Run(lake=str(tmp_path), run_id=RUN))
     [kept] = lake.read(RUN, "synth_problems", Problem)
     assert (kept.question, kept.answer) == ("What is 7 minus 2?", "5")
     [dropped] = lake.read_quarantine(RUN, "synth_problems")

@@ -31,13 +31,17 @@ from mathfactory.flows.fanout import (
     shard_run,
 )
 from mathfactory.flows.pipeline import pipeline
-from mathfactory.flows.shard import run_shard, shard_call
+from mathfactory.flows.shard import resolve, run_shard
 from mathfactory.tasks.core.records import Rollout, Verdict
-from mathfactory.tasks.influence import features_shard
-from mathfactory.tasks.sample import sample_shard
+from mathfactory.tasks.credit import CREDIT
+from mathfactory.tasks.evaluate import SPECS as EVALUATIONS
+from mathfactory.tasks.influence import FEATURES_SPEC
+from mathfactory.tasks.sample import ROLLOUTS
+from mathfactory.tasks.stage import Run
 from mathfactory.tasks.storage import Lake
-from mathfactory.tasks.synthesize import synthesize_shard
-from mathfactory.tasks.verify import verify_shard
+from mathfactory.tasks.synthesis import SynthesisConfig
+from mathfactory.tasks.synthesize import OUTPUTS
+from mathfactory.tasks.verify import VERDICTS
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else Ray binds the interface address, not loopback
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
@@ -150,10 +154,10 @@ def test_ray_runner_gives_the_local_runners_rows(prefect_api, tiny, lake_path, l
     assert stage_metrics(lake_path, "ray", tiny.run_id()) == stage_metrics(lake_path, "local", tiny.run_id())
     # The shards ran in Ray workers, and reported to this session's Prefect API rather than servers of their own.
     worker_logs = "".join(p.read_text(errors="replace") for p in temp.glob("session_*/logs/worker-*"))
-    assert all(worker_logs.count(f"{kind}-shard") >= 2 for kind in ("sample", "verify", "credit"))
+    assert all(worker_logs.count(f"{stage}-shard") >= 2 for stage in ("rollouts", "verdicts", "credit"))
     shards = shard_task_runs("-ray")
     assert sorted(t.name.rsplit("-", 1)[0] for t in shards) == ["credit-shard"] * 2 + ["eval_sft-shard"] * 2 + [
-        "sample-shard"] * 2 + ["verify-shard"] * 2
+        "rollouts-shard"] * 2 + ["verdicts-shard"] * 2
     assert all(t.state.is_completed() for t in shards)
 
     # Finished stages start no workers: a rerun pointed at a Ray address nobody serves still completes.
@@ -175,30 +179,32 @@ def shard_task_runs(suffix: str) -> list:
 
 
 def test_shard_parameters_fit_the_shard_flow_and_key_every_input(tiny):
-    params = shard_parameters("rollouts", tiny.sample.model_dump(mode="json"), "/lake", "tiny-1", 1, 7)
+    run = Run(lake="/lake", run_id="tiny-1", seed=7, grading=tiny.verify)
+    params = shard_parameters(ROLLOUTS, tiny.sample, run, 1)
     assert set(params) == set(inspect.signature(run_shard.fn).parameters)
     assert json.loads(json.dumps(params)) == params  # a deployment run's parameters are JSON
-    task, args = shard_call(**params)
-    assert task is sample_shard and args == (tiny.sample, "/lake", "tiny-1", 1, 7)
+    assert resolve(params["module"], params["stage"]) is ROLLOUTS  # what the shard flow finds and runs
+    assert ROLLOUTS.config_type.model_validate(params["config"]) == tiny.sample
+    assert Run.model_validate(params["run"]) == run
 
     key = idempotency_key(params)
     assert key.startswith("tiny-1/rollouts/00001/") and key == idempotency_key(dict(params))
-    others = [{**params, "shard": 0}, {**params, "stage": "verdicts"}, {**params, "lake": "s3://b/lake"},
+    others = [{**params, "shard": 0}, {**params, "stage": "verdicts"},
+              {**params, "run": {**params["run"], "lake": "s3://b/lake"}},
+              {**params, "run": {**params["run"], "grading": {"timeout_s": 1.0, "workers": 2}}},
               {**params, "config": {**params["config"], "n": 3}}]
     assert len({key, *map(idempotency_key, others)}) == 1 + len(others)
 
 
-def test_shard_call_picks_each_sharded_stages_task(tiny):
-    task, args = shard_call("verdicts", tiny.verify.model_dump(mode="json"), "/lake", "tiny-1", 0, 7)
-    assert task is verify_shard and args == (tiny.verify, "/lake", "tiny-1", 0)  # grading takes no seed
-    with pytest.raises(ValueError, match="not sharded; sharded stages: rollouts, verdicts, credit"):
-        shard_call("policy", {}, "/lake", "tiny-1", 0, 7)
-    # The synthesis stages take the synthesis config whole and hand each task its part.
-    synth = tiny.synthesis.model_dump(mode="json")
-    assert shard_call("grad_features", synth, "/lake", "tiny-1", 1, 7) == (
-        features_shard, (tiny.synthesis.influence, "compact", "/lake", "tiny-1", 1, 7))
-    assert shard_call("synth_outputs", synth, "/lake", "tiny-1", 0, 7) == (
-        synthesize_shard, (tiny.synthesis.generate, "compact", "/lake", "tiny-1", 0, 7))
+def test_a_shard_finds_its_stage_by_module_and_name():
+    for spec in (ROLLOUTS, VERDICTS, CREDIT, EVALUATIONS["eval_dpo"], FEATURES_SPEC, OUTPUTS):
+        assert spec.sharded and resolve(spec.compute.__module__, spec.name) is spec
+    # The synthesis stages take the synthesis config whole and read their part of it.
+    assert FEATURES_SPEC.config_type is OUTPUTS.config_type is SynthesisConfig
+    with pytest.raises(ValueError, match="declares no stage 'policy'; it declares: rollouts"):
+        resolve("mathfactory.tasks.sample", "policy")
+    with pytest.raises(ValueError, match="is not a stage module"):
+        resolve("os", "rollouts")
 
 
 def test_the_runner_is_configured_but_is_not_part_of_the_run(tiny):
@@ -296,12 +302,11 @@ def test_deployment_runner_gives_the_local_runners_rows(tiny, lake_path, local_r
 
     assert stage_metrics(lake_path, "deployment", tiny.run_id()) == stage_metrics(lake_path, "local", tiny.run_id())
 
-    lake = str(lake_path)  # where the run was made, before it was moved aside
-    grading = tiny.verify.model_dump(mode="json")  # the stages that grade get the run's verify settings
-    expected = {idempotency_key(shard_parameters(stage, cfg.model_dump(mode="json"), lake, tiny.run_id(), s,
-                                                 tiny.seed, judged))
-                for stage, cfg, judged in (("rollouts", tiny.sample, None), ("verdicts", tiny.verify, None),
-                                           ("credit", tiny.credit, grading), ("eval_sft", tiny.evaluate, grading))
+    # Where the run was made, before it was moved aside; every shard gets the run's grading settings.
+    run = Run(lake=str(lake_path), run_id=tiny.run_id(), seed=tiny.seed, grading=tiny.verify)
+    expected = {idempotency_key(shard_parameters(spec, cfg, run, s))
+                for spec, cfg in ((ROLLOUTS, tiny.sample), (VERDICTS, tiny.verify), (CREDIT, tiny.credit),
+                                  (EVALUATIONS["eval_sft"], tiny.evaluate))
                 for s in range(2)}
     runs = shard_flow_runs()
     assert {r.idempotency_key for r in runs} == expected
@@ -333,7 +338,7 @@ def test_a_failed_shard_run_is_rerun_in_place(tiny, lake_path, deployment_run, t
     """The same key finds the same flow run even after it failed; the fan-out retries that run, as the UI's
     Retry does, instead of returning its failure forever."""
     run_id, lake = tiny.run_id(), tmp_path / "lake"
-    params = shard_parameters("verdicts", tiny.verify.model_dump(mode="json"), str(lake), run_id, 0, tiny.seed)
+    params = shard_parameters(VERDICTS, tiny.verify, Run(lake=str(lake), run_id=run_id, seed=tiny.seed), 0)
     with pytest.raises(RuntimeError, match="ended Failed"):
         shard_run.fn("mathfactory-shard/shard", params, 1)  # no rollouts to grade in this lake yet
     failed = [r for r in shard_flow_runs() if r.idempotency_key == idempotency_key(params)]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support import TINY_MODEL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mathfactory.tasks.core.influence import influence_scores, select_top
@@ -18,7 +19,7 @@ from mathfactory.tasks.models import tiny
 from mathfactory.tasks.models.influence import count_sketch, encode, gradient_features
 from mathfactory.tasks.policy import PolicyConfig
 
-TINY = dict(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_length=256)
+TINY = {**TINY_MODEL, "vocab_size": 300}
 INSTRUCTION = "Write a grade school math problem inspired by the text.\nText: {seed}\nProblem:\n"
 PLACES = ("the harbor", "the old mill", "the valley", "the market", "the library", "the garden")
 PROSE = ("The wind moved slowly over {place}.", "Nobody remembered who had painted the door of {place}.",

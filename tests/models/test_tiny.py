@@ -1,5 +1,6 @@
 import pytest
 import torch
+from support import TINY_MODEL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mathfactory.tasks.domains import toy
@@ -7,8 +8,7 @@ from mathfactory.tasks.models import tiny
 from mathfactory.tasks.policy import PolicyConfig, sft_rows
 
 # The two short stages keep rows near 100 tokens, so 20 steps take seconds.
-TINY = dict(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_length=256,
-            max_steps=20, batch_size=8, learning_rate=3e-3)
+TINY = TINY_MODEL
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,0 +1,51 @@
+"""A stage spec + its config + a Run -> the stage in the lake. The one executor: it skips a committed stage, fans a
+sharded stage's shards out where the runner says (flows/fanout.py), writes a one-shard stage or trains a model
+stage in a task of its own, and commits the marker (tasks/stage.py says what happens to one shard)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from mathfactory.flows.fanout import RunnerConfig, run_sharded
+from mathfactory.flows.shard import ref, resolve
+from mathfactory.tasks.stage import Run, StageSpec, build_model, commit, logger, write_shard
+
+
+def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig | None = None) -> str:
+    """Run stage `spec` of `run` unless it is committed; its URI. Raises if the stage fails."""
+    marker = run.marker(spec.name)
+    if marker is not None:
+        logger().info("%s: already done (%s), skipping", spec.name,
+                      f"{marker['rows']} rows" if spec.record else "a model")
+        return run.uri(spec.name)
+    started = time.time()
+    if spec.record is None:
+        return model_task.with_options(retries=spec.retries)(ref(spec), spec.name, config, run, started)
+    if not spec.sharded:
+        return record_task.with_options(retries=spec.retries)(ref(spec), spec.name, config, run, started)
+    shards = run_sharded(runner or RunnerConfig(), spec, config, run)
+    return commit_task(ref(spec), spec.name, config, run, shards, started)
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
+def record_task(module: str, stage: str, config: Any, run: Run, started: float) -> str:
+    """A one-shard stage: written and committed in one task."""
+    spec = resolve(module, stage)
+    return commit(spec, config, run, [write_shard(spec, config, run, 0)], started)
+
+
+@task(name="commit", task_run_name="{stage}", cache_policy=NO_CACHE)
+def commit_task(module: str, stage: str, config: Any, run: Run, shards: list[dict], started: float) -> str:
+    """A sharded stage's marker, once every shard has landed."""
+    return commit(resolve(module, stage), config, run, shards, started)
+
+
+@task(name="model", task_run_name="{stage}", cache_policy=NO_CACHE)
+def model_task(module: str, stage: str, config: Any, run: Run, started: float) -> str:
+    """A model stage, trained in this task (tasks/trainer.py runs each trainer in a process of its own)."""
+    return build_model(resolve(module, stage), config, run, started)
