@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from mathfactory.tasks.core import format  # noqa: E402
+from mathfactory.tasks.core import formatting  # noqa: E402
 from mathfactory.tasks.core.calculator import check_annotations  # noqa: E402
 from mathfactory.tasks.core.grading import grade_fast  # noqa: E402
 from mathfactory.tasks.domains import toy  # noqa: E402
@@ -51,7 +51,7 @@ CONFIGS: dict[str, dict] = {
 
 def correct(gold: str, completion: str) -> bool:
     """The project's verifier on the text before the stop string (toy answers are integers: the fast path)."""
-    grade = grade_fast(gold, completion.split(format.STOP[0])[0])
+    grade = grade_fast(gold, completion.split(formatting.STOP[0])[0])
     return bool(grade and grade.correct)
 
 
@@ -75,13 +75,13 @@ def evaluate(out_dir: Path, per_stage: int, samples: int, temperature: float, se
     tok = AutoTokenizer.from_pretrained(out_dir)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(out_dir).eval()
-    test = toy.generate(per_stage * len(toy.STAGE_NAMES), "test", seed=seed + 1000)
+    test = toy.generate(per_stage * len(toy.LEVELS), "test", seed=seed + 1000)
     by_stage: dict[str, dict] = {}
     gen_tokens, started = 0, time.perf_counter()
-    for stage in toy.STAGE_NAMES:
-        ps = [p for p in test if p.stage == stage]
-        prompts = [format.prompt(p.question) for p in ps]
-        gold_len = max(len(tok(format.completion(p.solution)).input_ids) for p in ps)
+    for stage in toy.LEVELS:
+        ps = [p for p in test if p.level == stage]
+        prompts = [formatting.prompt(p.question) for p in ps]
+        gold_len = max(len(tok(formatting.completion(p.solution)).input_ids) for p in ps)
         greedy, n1 = generate(model, tok, prompts, 1, 0.0, gold_len + 24)
         torch.manual_seed(seed)
         sampled, n2 = generate(model, tok, prompts, samples, temperature, gold_len + 24)

@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.steps import split_steps
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.engines import TransformersOptions, load_engine
@@ -46,9 +46,9 @@ def step_prefixes(problems: list) -> list[str]:
     """prompt + completion[:end of step i] for i = 1..n_steps-1: what the linear strategy continues."""
     out = []
     for p in problems:
-        completion = format.completion(p.solution)
+        completion = formatting.completion(p.solution)
         steps = split_steps(completion, "lines")
-        out += [format.prompt(p.question) + completion[: s.end] for s in steps[:-1]]
+        out += [formatting.prompt(p.question) + completion[: s.end] for s in steps[:-1]]
     return out
 
 
@@ -59,7 +59,7 @@ def few_shot_prefix(tok, target: int) -> str:
     prefixes = step_prefixes(toy.generate(1, "train", 7, ["competition"]))  # shortest first
     shots = ""
     for p in toy.generate(40, "train", 8):
-        example = format.prompt(p.question) + format.completion(p.solution) + "\n"
+        example = formatting.prompt(p.question) + formatting.completion(p.solution) + "\n"
         if len(tok(shots + example + prefixes[0]).input_ids) <= target:
             shots += example
     return max((shots + q for q in prefixes if len(tok(shots + q).input_ids) <= target), key=len)
@@ -72,7 +72,7 @@ def timed(fn):
 
 
 def engine_tokens(engine, prompts: list[str], n: int, max_new: int, seed: int = 0) -> int:
-    params = SamplingParams(n=n, temperature=TEMPERATURE, max_new_tokens=max_new, stop=format.STOP, seed=seed)
+    params = SamplingParams(n=n, temperature=TEMPERATURE, max_new_tokens=max_new, stop=formatting.STOP, seed=seed)
     return sum(c.n_tokens for cs in engine.generate(prompts, params) for c in cs)
 
 

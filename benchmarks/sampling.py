@@ -34,7 +34,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
-from mathfactory.tasks.core import format  # noqa: E402
+from mathfactory.tasks.core import formatting  # noqa: E402
 from mathfactory.tasks.domains import toy  # noqa: E402
 from mathfactory.tasks.engines import transformers_engine  # noqa: E402
 from mathfactory.tasks.engines.base import SamplingParams  # noqa: E402
@@ -51,7 +51,7 @@ def build_model(out: Path) -> int:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
-        [format.prompt(r["question"]) + format.completion(r["answer"]) for r in rows],
+        [formatting.prompt(r["question"]) + formatting.completion(r["answer"]) for r in rows],
         trainers.BpeTrainer(vocab_size=1024, special_tokens=["<|pad|>", "<|endoftext|>"],
                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
     )
@@ -133,9 +133,9 @@ def run(model_dir: Path, prompts: list[str], params: SamplingParams, threads: in
 def prompt_set(name: str, count: int) -> list[str]:
     """GSM8K test questions or the embedded default's toy questions: 40 to 230 tokens, ~95 on average."""
     if name == "toy":
-        return [format.prompt(p.question) for p in toy.generate(count, "test", seed=0)]
+        return [formatting.prompt(p.question) for p in toy.generate(count, "test", seed=0)]
     with open(GSM8K / "test.jsonl") as f:
-        return [format.prompt(json.loads(line)["question"]) for line in f][:count]
+        return [formatting.prompt(json.loads(line)["question"]) for line in f][:count]
 
 
 def main() -> None:

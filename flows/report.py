@@ -10,7 +10,7 @@ from rich.table import Table
 from mathfactory.tasks.core.methods import display_order
 from mathfactory.tasks.core.records import Rollout, StepCredit
 from mathfactory.tasks.core.steps import Step
-from mathfactory.tasks.domains.toy import STAGE_NAMES
+from mathfactory.tasks.domains.toy import LEVELS
 from mathfactory.tasks.evaluate import STAGE_PREFIX as EVAL_PREFIX
 from mathfactory.tasks.evaluate import train_stage
 from mathfactory.tasks.storage import Lake
@@ -18,14 +18,14 @@ from mathfactory.tasks.storage import Lake
 Tables = list[tuple[str, list[str], list[list[str]]]]
 
 
-def _stage_order(group: str) -> tuple:
-    """`split/stage` sorted by split, then by education stage (toy) or name."""
-    split, _, stage = group.partition("/")
-    return (split, STAGE_NAMES.index(stage) if stage in STAGE_NAMES else len(STAGE_NAMES), stage)
+def _level_order(group: str) -> tuple:
+    """`split/level` sorted by split, then by education level (toy) or name."""
+    split, _, level = group.partition("/")
+    return (split, LEVELS.index(level) if level in LEVELS else len(LEVELS), level)
 
 
 def tables(lake: Lake, run_id: str) -> Tables:
-    """Every finished stage's rows, time and location; verdict reasons; sampled accuracy by split and stage."""
+    """Every finished stage's rows, time and location; verdict reasons; sampled accuracy by split and level."""
     stages = lake.stages(run_id)
     out: Tables = [(f"run {run_id}", ["stage", "rows", "quarantined", "seconds", "where"], [
         [name, str(m["rows"]) if m["record"] else "model",  # a model directory, not a table
@@ -38,9 +38,9 @@ def tables(lake: Lake, run_id: str) -> Tables:
         v = stages["verdicts"]["metrics"]
         out.append(("verdicts by reason", ["reason", "rollouts"], [[r, str(k)] for r, k in v["reasons"].items()]))
         out.append((f"sampled accuracy ({v['mixed']} of {v['problems']} problems have both correct and wrong samples)",
-                    ["split/stage", "correct", "samples", "accuracy"],
+                    ["split/level", "correct", "samples", "accuracy"],
                     [[g, str(c), str(k), f"{c / k:.1%}"]
-                     for g, (c, k) in sorted(v["groups"].items(), key=lambda g: _stage_order(g[0]))]))
+                     for g, (c, k) in sorted(v["groups"].items(), key=lambda g: _level_order(g[0]))]))
     if "credit" in stages:
         c = stages["credit"]["metrics"]
         how = f"{c.get('strategy', '?')}, M={c.get('m', '?')}, K={c.get('k', '?')}, pit {c.get('pit', 'first_zero')}"
@@ -116,7 +116,7 @@ def _with_ci(rate: float | None, ci: list[float] | None) -> str:
 
 
 def comparison(lake: Lake, run_id: str) -> tuple[str, list[str], list[list[str]]]:
-    """One row per evaluated model: its training rows, pass@1 and maj@k with 95 % intervals, pass@1 by stage."""
+    """One row per evaluated model: its training rows, pass@1 and maj@k with 95 % intervals, pass@1 by education level."""
     return _comparison(lake.stages(run_id))
 
 
@@ -129,23 +129,24 @@ def _comparison(stages: dict[str, dict]) -> tuple[str, list[str], list[list[str]
     for method in methods:
         e = evals[method]
         train_rows = (stages.get(train_stage(method)) or {}).get("metrics", {}).get("train_rows")
-        by_stage = sorted(e.get("by_stage", {}).items(), key=lambda kv: _stage_order(f"/{kv[0]}"))
+        by_level = sorted(e.get("by_level", e.get("by_stage", {})).items(),  # by_stage: lakes before schema 4
+                          key=lambda kv: _level_order(f"/{kv[0]}"))
         rows.append([
             method, "-" if train_rows is None else str(train_rows), str(e.get("n")),
             _with_ci(e.get("pass@1"), e.get("pass@1_ci")),
             _with_ci(e.get("maj@k"), e.get("maj@k_ci")) + ("" if len(ks) == 1 else f" (k={e.get('k')})"),
-            "/".join(f"{100 * g['pass@1']:.0f}" for _, g in by_stage if g.get("pass@1") is not None) or "-",
+            "/".join(f"{100 * g['pass@1']:.0f}" for _, g in by_level if g.get("pass@1") is not None) or "-",
         ])
     splits = sorted({str(evals[m].get("split")) for m in methods})
     return (f"models on the {'/'.join(splits)} split: greedy pass@1, {maj} of samples (95% Wilson intervals); "
-            "by stage: pass@1 % from the easiest stage up",
-            ["method", "trained on", "problems", "pass@1", maj, "by stage"], rows)
+            "by level: pass@1 % from the easiest level up",
+            ["method", "trained on", "problems", "pass@1", maj, "by level"], rows)
 
 
 def render_credit(rollout: Rollout, steps: list[Step], rows: list[StepCredit]) -> str:
     """A rollout step by step, with Q and advantage on the steps credit labelled, and the pit marked."""
     by_step = {r.step_index: r for r in rows}
-    lines = [f"rollout {rollout.rollout_id} ({rollout.stage}, strategy {rows[0].strategy})", rollout.prompt.rstrip()]
+    lines = [f"rollout {rollout.rollout_id} ({rollout.level}, strategy {rows[0].strategy})", rollout.prompt.rstrip()]
     if 0 in by_step:
         zero = by_step[0]
         lines.append(f"  Q_0: {zero.n_correct if zero.n_correct is not None else '?'} of the question's "

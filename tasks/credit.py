@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from mathfactory.tasks.core import credit as mc
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, Verdict, stable_id
 from mathfactory.tasks.core.steps import split_steps, style_for
 from mathfactory.tasks.core.strategies import Continuation
@@ -121,7 +121,7 @@ def step_credit(cfg: CreditConfig, run: Run, shard: int, meter: Meter) -> list[S
             for k, js in sorted(by_k.items()):
                 # A fresh seed per round, or a prefix probed twice would get the same continuations twice.
                 params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                        max_new_tokens=cfg.max_new_tokens, stop=format.STOP,
+                                        max_new_tokens=cfg.max_new_tokens, stop=formatting.STOP,
                                         seed=run.seed_for(shard, rounds, k))
                 asked = [(by_id[requests[j][0]], requests[j][1]) for j in js]  # (rollout, step index)
                 prefixes = [r.completion[: steps_of[r.rollout_id][i - 1].end] for r, i in asked]

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core import synthesis
 from mathfactory.tasks.core.records import SeedText, TeacherCall, derive_seed, stable_id
-from mathfactory.tasks.engines import OpenAIOptions, TransformersOptions, VLLMOptions, load_engine, model_name
+from mathfactory.tasks.engines import (
+    OpenAIOptions,
+    TransformersOptions,
+    VLLMOptions,
+    load_engine,
+    local_model,
+    model_name,
+)
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.engines.teacher import Teacher
 from mathfactory.tasks.seeds import SEEDS
@@ -83,7 +90,7 @@ def teacher_model(cfg: TeacherConfig) -> str:
     """The teacher's name in request keys and rows: the same request to another teacher is another request."""
     if isinstance(cfg.engine, ToyTeacherOptions):
         return TOY_TEACHER
-    return model_name(cfg.engine, None if isinstance(cfg.engine, OpenAIOptions) else cfg.model_dir)
+    return model_name(cfg.engine, local_model(cfg.engine, lambda: cfg.model_dir))
 
 
 def teacher(cfg: TeacherConfig, lake: str, validate=None) -> Teacher:
@@ -134,7 +141,7 @@ def _round(round: int):
                                 seed=derive_seed("kd", round, run.seed))
         prompts = [templates.render(stage, s.text) for s, stage in requests]
         answers = teacher(cfg.teacher, run.lake, validate=check_output).ask(prompts, params)
-        return [TeacherCall(**asdict(a), round=round, seed_id=s.seed_id, stage=stage, prompt=prompt)
+        return [TeacherCall(**asdict(a), round=round, seed_id=s.seed_id, level=stage, prompt=prompt)
                 for (s, stage), prompt, a in zip(requests, prompts, answers, strict=True)]
 
     return calls

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from mathfactory.tasks.core import evaluation, format
+from mathfactory.tasks.core import evaluation, formatting
 from mathfactory.tasks.core.grading import Grade
 from mathfactory.tasks.core.methods import METHODS
 from mathfactory.tasks.core.records import EvalResult, Problem, derive_seed, stable_id
@@ -31,7 +31,9 @@ class EvalConfig(BaseModel):
 
     engine: EngineOptions = Field(default_factory=TransformersOptions, description="Model backend that generates.")
     split: Literal["train", "test"] = Field("test", description="Problem split evaluated on (test is held out).")
-    problems_per_stage: int | None = Field(20, ge=1, description="First N problems of each education stage of "
+    problems_per_level: int | None = Field(20, ge=1, validation_alias=AliasChoices("problems_per_level",
+                                                                                  "problems_per_stage"),
+                                           description="First N problems of each education level of "
                                            "the split, in lake order (None: all).")
     k: int = Field(4, ge=1, description="Sampled completions per problem, voted on for maj@k.")
     temperature: float = Field(0.8, gt=0, description="Temperature of the k samples (pass@1 decodes greedily).")
@@ -78,13 +80,13 @@ def model_dir(run: Run, method: str) -> Path:
 
 
 def selected(problems: Iterable[Problem], cfg: EvalConfig, shard: int) -> Iterator[Problem]:
-    """The problems of `shard`: the first `problems_per_stage` of each education stage of the split, dealt
+    """The problems of `shard`: the first `problems_per_level` of each education level of the split, dealt
     round-robin to shards."""
     taken: Counter[str] = Counter()
     for p in problems:
-        if p.split != cfg.split or (cfg.problems_per_stage is not None and taken[p.stage] >= cfg.problems_per_stage):
+        if p.split != cfg.split or (cfg.problems_per_level is not None and taken[p.level] >= cfg.problems_per_level):
             continue
-        taken[p.stage] += 1
+        taken[p.level] += 1
         if (taken.total() - 1) % cfg.shards == shard:
             yield p
 
@@ -103,7 +105,7 @@ def _result(p: Problem, method: str, model: str, greedy: Completion, grades: Seq
     majority, majority_correct = evaluation.vote(answers, [g.correct for g in samples])
     return EvalResult(
         eval_id=stable_id(p.problem_id, model, seed, len(samples)), problem_id=p.problem_id, split=p.split,
-        stage=p.stage, method=method, model=model, greedy_completion=greedy.text, greedy_predicted=first.predicted,
+        level=p.level, method=method, model=model, greedy_completion=greedy.text, greedy_predicted=first.predicted,
         greedy_correct=first.correct, greedy_reason=first.reason, k=len(samples), sampled_predicted=answers,
         n_sampled_correct=sum(g.correct for g in samples), majority=majority, majority_correct=majority_correct,
         gold=p.answer, seed=seed,
@@ -122,14 +124,14 @@ def _evaluator(method: str):
         engine = load_engine(cfg.engine, local_model(cfg.engine, lambda: model_dir(run, method)), s)
         model = _model(cfg, run, method)
         problems = list(selected(run.read(PROBLEMS), cfg, shard))
-        common = dict(max_new_tokens=cfg.max_new_tokens, stop=format.STOP, seed=s)
+        common = dict(max_new_tokens=cfg.max_new_tokens, stop=formatting.STOP, seed=s)
         greedy = SamplingParams(n=1, temperature=0.0, **common)
         sampled = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, **common)
         chunk = max(1, 512 // cfg.k)  # prompts per engine call: engines sort by length within a call
         with run.grading.judge() as judge:
             for i in tqdm(range(0, len(problems), chunk), desc=f"{eval_stage(method)} shard {shard}", disable=None):
                 batch = problems[i : i + chunk]
-                prompts = [format.prompt(p.question) for p in batch]
+                prompts = [formatting.prompt(p.question) for p in batch]
                 outs = [g + c for g, c in zip(engine.generate(prompts, greedy), engine.generate(prompts, sampled),
                                               strict=True)]
                 meter.add(tokens=sum(c.n_tokens for cs in outs for c in cs))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mathfactory.tasks.core import format, synthesis
+from mathfactory.tasks.core import formatting, synthesis
 from mathfactory.tasks.core.calculator import check_annotations
 from mathfactory.tasks.core.evaluation import vote
 from mathfactory.tasks.core.gates import Decontaminator, NearDuplicates
@@ -102,7 +102,7 @@ def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
     """Per candidate None if someone agrees with its answer, else why not; and what asking cost."""
     if cfg.solvable == "none" or not candidates:
         return [None] * len(candidates), {}
-    questions = [format.prompt(p.question) for _, p in candidates]
+    questions = [formatting.prompt(p.question) for _, p in candidates]
     if cfg.solvable == "teacher":
         answers, spent = ask_teacher(teacher_cfg, lake, seed, questions)
         texts = [[a.completion or ""] for a in answers]
@@ -114,7 +114,7 @@ def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
             raise ValueError("gates.solvable=policy needs gates.solver_model (a policy model directory)")
         engine = load_engine(TransformersOptions(), fetch_dir(cfg.solver_model), seed)
         params = SamplingParams(n=cfg.solver_k, temperature=0.8, max_new_tokens=cfg.solver_max_new_tokens,
-                                stop=format.STOP, seed=seed)
+                                stop=formatting.STOP, seed=seed)
         texts = [[c.text for c in cs] for cs in engine.generate(questions, params)]
         answers, spent = None, {}
     reasons: list[str | None] = []
@@ -133,14 +133,14 @@ def solvable(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: int,
 def ask_teacher(teacher_cfg: TeacherConfig, lake: str, seed: int, questions: list[str]) -> tuple[list, dict]:
     """The teacher's greedy solutions (cached like every teacher call), and what they cost."""
     answers = teacher(teacher_cfg, lake).ask(questions, SamplingParams(
-        temperature=0, max_new_tokens=teacher_cfg.max_new_tokens, stop=format.STOP, seed=seed))
+        temperature=0, max_new_tokens=teacher_cfg.max_new_tokens, stop=formatting.STOP, seed=seed))
     return answers, {f"solve_{k}": v for k, v in cost(answers).items()}
 
 
 def teacher_solved(teacher_cfg: TeacherConfig, lake: str, seed: int,
                    candidates: list[tuple[SynthOutput, synthesis.Parsed]]) -> tuple[list[synthesis.Parsed | str], dict]:
     """solutions=teacher: each synthesized question with the teacher's worked solution, or why it has none."""
-    answers, spent = ask_teacher(teacher_cfg, lake, seed, [format.prompt(p.question) for _, p in candidates])
+    answers, spent = ask_teacher(teacher_cfg, lake, seed, [formatting.prompt(p.question) for _, p in candidates])
     out: list[synthesis.Parsed | str] = []
     for (_, p), a in zip(candidates, answers, strict=True):
         text = a.completion or ""
@@ -178,7 +178,7 @@ def apply_gates(cfg: GatesConfig, teacher_cfg: TeacherConfig, lake: str, seed: i
         if isinstance(result, str):
             dropped.append(Quarantined(STAGE, o.output_id, result, o.completion[:200]))
         else:
-            kept.append(Problem(stable_id("synth", result.question), "synth", "train", o.stage, result.question,
+            kept.append(Problem(stable_id("synth", result.question), "synth", "train", o.level, result.question,
                                 result.solution, result.answer))
     counts = {g: sum(q.reason.startswith(f"{g}:") for q in dropped) for g in GATES}
     # The order outputs met the gates in: with teacher solutions, the teacher's solution is checked last.

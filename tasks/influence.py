@@ -57,7 +57,7 @@ def reference_problems(cfg: InfluenceConfig, seed: int) -> list[Problem]:
 
 def reference_row(templates: synthesis.Templates, p: Problem) -> dict[str, str]:
     """A target problem as the synthesizer's output for its stage's prompt, with no seed text to go on."""
-    stage = p.stage if p.stage in templates.stages else next(iter(templates.stages))
+    stage = p.level if p.level in templates.stages else next(iter(templates.stages))
     *steps, final = p.solution.strip().splitlines()
     answer = final.removeprefix("####").strip() if final.startswith("####") else p.answer
     steps = steps if final.startswith("####") else [*steps, final]

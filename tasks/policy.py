@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.records import Problem
 from mathfactory.tasks.models.config import TinyConfig
 from mathfactory.tasks.problems import PROBLEMS
@@ -29,7 +29,7 @@ class PolicyConfig(TinyConfig):
 
 def sft_rows(problems: Iterable[Problem]) -> list[dict[str, str]]:
     """TRL prompt/completion rows in the one format every model sees (EOS is appended by the trainer)."""
-    return [{"prompt": format.prompt(p.question), "completion": format.completion(p.solution)} for p in problems]
+    return [{"prompt": formatting.prompt(p.question), "completion": formatting.completion(p.solution)} for p in problems]
 
 
 def train_scratch(cfg: PolicyConfig, rows: list[dict[str, str]], out_dir: Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core.records import Problem, Quarantined
 from mathfactory.tasks.domains import toy
@@ -25,7 +25,8 @@ class ProblemsConfig(BaseModel):
                                                             "held-out test problems come from.")
     n_train: int | None = Field(4000, ge=0, description="Train problems (None: all the source has).")
     n_test: int | None = Field(250, ge=0, description="Held-out test problems (None: all the source has).")
-    stages: list[str] = Field(list(toy.STAGE_NAMES), description="Toy education stages, cycled evenly.")
+    levels: list[str] = Field(list(toy.LEVELS), validation_alias=AliasChoices("levels", "stages"),
+                              description="Toy education levels, cycled evenly (`stages` before schema 4).")
     path: str | None = Field(None, description="GSM8K/MATH500 folder or file (path or fsspec URL); None: ../shared/data.")
     files: list[str] = Field([], description="source=files: JSONL/Parquet files of GSM8K-format rows "
                                              "(question, answer with `#### N`), all taken as train problems.")
@@ -38,7 +39,7 @@ def _source(cfg: ProblemsConfig, split: str, run: Run):
             return itertools.islice(run.read(SYNTHESIZED), n)
         return _source(cfg.model_copy(update={"source": cfg.test_source}), split, run)
     if cfg.source == "toy":
-        return toy.generate(n or 0, split, seed, cfg.stages)
+        return toy.generate(n or 0, split, seed, cfg.levels)
     if cfg.source == "files":
         from mathfactory.tasks.domains import gsm8k
 

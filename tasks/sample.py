@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.records import Problem, Rollout, stable_id
 from mathfactory.tasks.engines import EngineOptions, TransformersOptions, load_engine, local_model, model_name
 from mathfactory.tasks.engines.base import SamplingParams
@@ -49,19 +49,19 @@ def rollouts(cfg: SampleConfig, run: Run, shard: int, meter: Meter) -> Iterator[
     policy = model_name(cfg.engine, policy_ref(run) if model_dir else None)  # part of rollout ids
     engine = load_engine(cfg.engine, model_dir, run.seed)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, stop=format.STOP, seed=run.seed_for(shard))
+                            max_new_tokens=cfg.max_new_tokens, stop=formatting.STOP, seed=run.seed_for(shard))
     chunk = max(1, 512 // cfg.n)  # prompts per engine call: engines sort by length within a call
     bar = tqdm(total=len(problems), desc=f"sample shard {shard}", unit="problem", disable=None)
     for i in range(0, len(problems), chunk):
         batch = problems[i : i + chunk]
-        outs = engine.generate([format.prompt(p.question) for p in batch], params)
+        outs = engine.generate([formatting.prompt(p.question) for p in batch], params)
         for p, completions in zip(batch, outs, strict=True):
             for k, c in enumerate(completions):
                 meter.add(tokens=c.n_tokens)
                 yield Rollout(
                     rollout_id=stable_id(p.problem_id, policy, params.seed, params.temperature, k),
-                    problem_id=p.problem_id, split=p.split, stage=p.stage, policy=policy, sample_index=k,
-                    prompt=format.prompt(p.question), completion=c.text, n_tokens=c.n_tokens,
+                    problem_id=p.problem_id, split=p.split, level=p.level, policy=policy, sample_index=k,
+                    prompt=formatting.prompt(p.question), completion=c.text, n_tokens=c.n_tokens,
                     finish_reason=c.finish_reason, temperature=params.temperature, seed=params.seed,
                 )
         bar.update(len(batch))

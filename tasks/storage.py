@@ -34,7 +34,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mathfactory.tasks.core.records import SCHEMA_VERSION, Quarantined
+from mathfactory.tasks.core.records import RENAMED, SCHEMA_VERSION, Quarantined
 
 R = TypeVar("R")
 MARKER = "_SUCCESS.json"
@@ -263,19 +263,23 @@ class Lake:
         names = arrow_schema(cls).names
         with self.fs.open(path, "rb") as f:
             file = pq.ParquetFile(f)
-            absent = [n for n in names if n not in file.schema_arrow.names]
-            # A column added later with a default reads as that default from older files; any other absent
-            # column would be skipped by pyarrow silently, and the record fail with a bare TypeError.
+            present = file.schema_arrow.names
+            # A renamed column is read under its old name from older files; a column added later with a default
+            # reads as that default; any other absent column would be skipped by pyarrow silently, and the
+            # record fail with a bare TypeError.
+            renamed = {n: RENAMED[n] for n in names if n not in present and RENAMED.get(n) in present}
+            absent = [n for n in names if n not in present and n not in renamed]
             missing = [n for n in absent if n not in _defaults(cls)]
-            names = [n for n in names if n not in absent]
+            columns = [renamed.get(n, n) for n in names if n not in absent]
+            new_name = {old: new for new, old in renamed.items()}
             if missing:
                 written = (file.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
                 raise DataError(f"{path}: no column {', '.join(missing)} for {cls.__name__}: written by another "
                                 f"version of mathfactory (schema {written}, this one reads {SCHEMA_VERSION}); "
                                 "rerun the stage into a new lake or run id")
-            for batch in file.iter_batches(batch_size=batch_size, columns=names):
+            for batch in file.iter_batches(batch_size=batch_size, columns=columns):
                 for row in batch.to_pylist():
-                    yield cls(**row)
+                    yield cls(**{new_name.get(k, k): v for k, v in row.items()})
 
     def runs(self) -> list[str]:
         base = f"{self.root}/runs"

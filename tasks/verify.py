@@ -32,7 +32,7 @@ def verdicts(cfg: VerifyConfig, run: Run, shard: int, meter: Meter) -> Iterator[
         for i in tqdm(range(0, len(rollouts), cfg.batch), desc=f"verify shard {shard}", disable=None):
             batch = rollouts[i : i + cfg.batch]
             grades = judge.grade_many((gold[r.problem_id], r.completion) for r in batch)
-            yield from (Verdict(r.rollout_id, r.problem_id, r.split, r.stage, g.correct, g.reason, g.predicted,
+            yield from (Verdict(r.rollout_id, r.problem_id, r.split, r.level, g.correct, g.reason, g.predicted,
                                 gold[r.problem_id], g.calc_errors) for r, g in zip(batch, grades, strict=True))
 
 

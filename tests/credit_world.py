@@ -12,7 +12,7 @@ import pytest
 from engines.openai_app import Faults, Record, Server, make_app
 from teacher import ScriptedTeacher, wrong_completion
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, stable_id
 from mathfactory.tasks.core.steps import split_steps
 from mathfactory.tasks.credit import CREDIT, CreditConfig
@@ -84,10 +84,10 @@ def build_world() -> World:
             stable_id(p.problem_id, "scripted", k),
             p.problem_id,
             p.split,
-            p.stage,
+            p.level,
             "scripted",
             k,
-            format.prompt(p.question),
+            formatting.prompt(p.question),
             completion,
             len(completion.split()),
             "stop",
@@ -98,10 +98,10 @@ def build_world() -> World:
         return r
 
     for i, p in enumerate([*train, test]):
-        n = len(split_steps(format.completion(p.solution)))
+        n = len(split_steps(formatting.completion(p.solution)))
         n_correct = 0 if p.problem_id == world.unsolved else 1 if p is test else 1 + i % 3  # Q_0 varies
         for _ in range(n_correct):
-            world.correct.add(add(p, format.completion(p.solution)).rollout_id)
+            world.correct.add(add(p, formatting.completion(p.solution)).rollout_id)
         for j in slipped_steps(n) if p is not test else [1]:
             world.slip[add(p, wrong_completion(p.solution, j)).rollout_id] = j
         if i == 1:

@@ -18,7 +18,7 @@ def toy_training_sets(problems: list) -> tuple[list, list]:
     enough to sample them."""
     import re
 
-    from mathfactory.tasks.core import format
+    from mathfactory.tasks.core import formatting
     from mathfactory.tasks.core.records import PreferencePair, SFTExample, stable_id
 
     def wrong(solution: str) -> str:
@@ -26,9 +26,9 @@ def toy_training_sets(problems: list) -> tuple[list, list]:
         bad = str(int(first.group(1)) + 1)
         return solution[: first.start(1)] + bad + solution[first.end(1):].split("\n", 1)[0] + f"\n#### {bad}"
 
-    sft = [SFTExample(stable_id(p.problem_id), "rft", p.problem_id, None, format.prompt(p.question),
-                      format.completion(p.solution)) for p in problems]
-    pairs = [PreferencePair(stable_id(p.problem_id, "pair"), "step_cut", p.problem_id, format.prompt(p.question),
-                            format.completion(p.solution), format.completion(wrong(p.solution)), None,
+    sft = [SFTExample(stable_id(p.problem_id), "rft", p.problem_id, None, formatting.prompt(p.question),
+                      formatting.completion(p.solution)) for p in problems]
+    pairs = [PreferencePair(stable_id(p.problem_id, "pair"), "step_cut", p.problem_id, formatting.prompt(p.question),
+                            formatting.completion(p.solution), formatting.completion(wrong(p.solution)), None,
                             stable_id(p.problem_id, "wrong"), 0) for p in problems]
     return sft, pairs

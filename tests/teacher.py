@@ -1,6 +1,6 @@
 """Toy questions + reference solutions -> ScriptedTeacher, an Engine whose true Q of every step prefix is known.
 
-A prompt is `format.prompt(question)` followed by a prefix of whole solution lines. The teacher continues it with
+A prompt is `formatting.prompt(question)` followed by a prefix of whole solution lines. The teacher continues it with
 the reference's remaining lines; if the prefix is not the reference's own beginning, it ends one too high
 (`#### answer+1`). So Q(prefix) = 1 iff the prefix is the reference's first lines, else 0. With `error_rate` e,
 each continued step line is independently a slip with probability e (its result and the final answer one too
@@ -13,7 +13,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.engines.base import Completion, SamplingParams
 
 ANSWER_SEP = "\nAnswer:\n"
@@ -37,7 +37,7 @@ def off_by_one(line: str) -> str:
 
 def wrong_completion(solution: str, step: int) -> str:
     """The reference completion with a slip in step `step` (1-based), going on to a final answer one too high."""
-    *lines, final = format.completion(solution).splitlines()
+    *lines, final = formatting.completion(solution).splitlines()
     if not 1 <= step <= len(lines):
         raise ValueError(f"step must be in 1..{len(lines)}, got {step}")
     lines[step - 1] = off_by_one(lines[step - 1])
@@ -54,7 +54,7 @@ class ScriptedTeacher:
     def __init__(self, solutions: Mapping[str, str], error_rate: float = 0.0):
         if not 0 <= error_rate < 0.5:  # below 1/2 the slip-free continuation stays the most likely (greedy)
             raise ValueError(f"error_rate must be in [0, 0.5), got {error_rate}")
-        self.references = {format.prompt(q): format.completion(s) for q, s in solutions.items()}
+        self.references = {formatting.prompt(q): formatting.completion(s) for q, s in solutions.items()}
         self.error_rate = error_rate
 
     def _split(self, prompt: str) -> tuple[str | None, str]:

@@ -18,7 +18,7 @@ from credit_world import (  # fixtures: world, served, runs
 )
 from teacher import ScriptedTeacher, wrong_completion
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.steps import split_steps
 from mathfactory.tasks.core.strategies import STRATEGIES
 from mathfactory.tasks.credit import CREDIT
@@ -32,14 +32,14 @@ from mathfactory.tasks.storage import Lake
 
 
 def test_teacher_q_is_one_exactly_on_reference_prefixes(world):
-    p = next(p for p in world.problems if p.stage == "competition")
+    p = next(p for p in world.problems if p.level == "competition")
     teacher = ScriptedTeacher({p.question: p.solution})
-    reference = format.completion(p.solution)
+    reference = formatting.completion(p.solution)
     lines = reference.splitlines(keepends=True)
     n = len(lines) - 1  # the `####` line belongs to the last step
-    params = SamplingParams(n=3, temperature=0.8, max_new_tokens=200, stop=format.STOP, seed=5)
+    params = SamplingParams(n=3, temperature=0.8, max_new_tokens=200, stop=formatting.STOP, seed=5)
     slipped = wrong_completion(p.solution, 4).splitlines(keepends=True)
-    prompts = [format.prompt(p.question) + "".join(src[:i]) for src in (lines, slipped) for i in range(n)]
+    prompts = [formatting.prompt(p.question) + "".join(src[:i]) for src in (lines, slipped) for i in range(n)]
     outs = teacher.generate(prompts, params)
     with Judge() as judge:
         grades = [
@@ -54,16 +54,16 @@ def test_teacher_q_is_one_exactly_on_reference_prefixes(world):
     [[cut]] = teacher.generate(prompts[:1], SamplingParams(max_new_tokens=5))
     assert (cut.finish_reason, cut.n_tokens, len(cut.text.split())) == ("length", 5, 5)
     assert (
-        teacher.generate([format.prompt("What is 1+1?")], params)[0][0].text
+        teacher.generate([formatting.prompt("What is 1+1?")], params)[0][0].text
         == "I do not know this question.\n"
     )
 
 
 def test_noisy_teacher_samples_its_true_q(world):
-    p = next(p for p in world.problems if p.stage == "college")
+    p = next(p for p in world.problems if p.level == "college")
     teacher = ScriptedTeacher({p.question: p.solution}, error_rate=0.2)
-    lines = format.completion(p.solution).splitlines(keepends=True)
-    prompt = format.prompt(p.question) + "".join(lines[:5])
+    lines = formatting.completion(p.solution).splitlines(keepends=True)
+    prompt = formatting.prompt(p.question) + "".join(lines[:5])
     steps_left = len(lines) - 1 - 5
     [sampled] = teacher.generate(
         [prompt], SamplingParams(n=2000, temperature=1.0, max_new_tokens=200, seed=1)
@@ -161,9 +161,9 @@ def test_the_stage_counts_what_the_server_served(runs, world, strategy):
     assert (
         sum(row.n_continuations for rows in run.credits.values() for i, row in rows.items() if i) == served_n
     )
-    train = tuple(format.prompt(p.question) for p in world.train.values())
+    train = tuple(formatting.prompt(p.question) for p in world.train.values())
     assert all(body["prompt"].startswith(train) for body in run.bodies)
-    assert any(body["prompt"].startswith(format.prompt(world.train[world.unsolved].question)) for body in run.bodies)
+    assert any(body["prompt"].startswith(formatting.prompt(world.train[world.unsolved].question)) for body in run.bodies)
     # Every draw from a prefix is a fresh one: repeated prompts (other rollouts' shared prefixes, or later
     # rounds of a probe) never get a seed twice, or a probe would see the same continuations again.
     seeds: dict[str, list[int]] = {}

@@ -51,7 +51,7 @@ def test_a_served_teacher_writes_the_distillation_set_and_a_second_run_pays_noth
     rows = run_round(lake, "run-a", cfg)
     assert len(rows) == 6 * 2 and all(r.ok and not r.cached for r in rows)
     assert all(isinstance(synthesis.parse(r.completion), synthesis.Parsed) for r in rows)
-    assert {r.stage for r in rows} == {"grade_school", "college"}
+    assert {r.level for r in rows} == {"grade_school", "college"}
     cost = Lake(lake).marker("run-a", "kd_round1")["metrics"]
     assert cost["teacher_calls"] == 12 and cost["cached"] == 0 and record.received == 12 + 3
     assert cost["prompt_tokens"] == record.prompt_tokens and cost["completion_tokens"] == record.completion_tokens

@@ -20,9 +20,9 @@ from mathfactory.flows.fanout import RunnerConfig
 from mathfactory.flows.report import comparison, tables
 from mathfactory.flows.shard import resolve
 from mathfactory.tasks import evaluate
-from mathfactory.tasks.core import evaluation, format
+from mathfactory.tasks.core import evaluation, formatting
 from mathfactory.tasks.core.grading import extract_answer
-from mathfactory.tasks.core.records import REASONS, EvalResult, Problem
+from mathfactory.tasks.core.records import VERDICT_REASONS, EvalResult, Problem
 from mathfactory.tasks.engines import TransformersOptions, load_engine
 from mathfactory.tasks.engines.base import SamplingParams
 from mathfactory.tasks.evaluate import SPECS, EvalConfig, eval_stage
@@ -34,9 +34,9 @@ from mathfactory.tasks.storage import Lake
 TINY = yaml.safe_load(TINY_PRESET.read_text())
 RUN = "tiny-eval"
 SEED = 3
-STAGES = TINY["problems"]["stages"]
-PER_STAGE = 3  # test problems evaluated per education stage (the tiny preset has 8)
-EVAL = EvalConfig(problems_per_stage=PER_STAGE, k=3, max_new_tokens=24, shards=2)
+LEVELS = TINY["problems"]["levels"]
+PER_LEVEL = 3  # test problems evaluated per education stage (the tiny preset has 8)
+EVAL = EvalConfig(problems_per_level=PER_LEVEL, k=3, max_new_tokens=24, shards=2)
 SFT = eval_stage("sft")
 
 
@@ -69,11 +69,11 @@ def evaluate_here(cfg: EvalConfig, lake: str, stage: str = SFT) -> list[EvalResu
 
 
 def chosen(lake: str) -> list[Problem]:
-    """The first PER_STAGE test problems of each stage, in lake order."""
+    """The first PER_LEVEL test problems of each stage, in lake order."""
     taken, out = Counter(), []
     for p in Lake(lake).read(RUN, "problems", Problem):
-        if p.split == "test" and taken[p.stage] < PER_STAGE:
-            taken[p.stage] += 1
+        if p.split == "test" and taken[p.level] < PER_LEVEL:
+            taken[p.level] += 1
             out.append(p)
     return out
 
@@ -103,21 +103,21 @@ def test_one_row_per_problem_with_its_greedy_answer_and_k_samples(evaluated):
     lake = Lake(evaluated)
     rows = list(lake.read(RUN, SFT, EvalResult))
     problems = {p.problem_id: p for p in chosen(evaluated)}
-    assert len(problems) == len(STAGES) * PER_STAGE
+    assert len(problems) == len(LEVELS) * PER_LEVEL
     assert sorted(r.problem_id for r in rows) == sorted(problems)  # each once, none other
     assert len({r.eval_id for r in rows}) == len(rows)
     for r in rows:
         p = problems[r.problem_id]
-        assert (r.split, r.stage, r.gold, r.method, r.model) == ("test", p.stage, p.answer, "sft", f"runs/{RUN}/policy")
-        assert r.greedy_reason in REASONS and r.greedy_correct == (r.greedy_reason == "correct")
+        assert (r.split, r.level, r.gold, r.method, r.model) == ("test", p.level, p.answer, "sft", f"runs/{RUN}/policy")
+        assert r.greedy_reason in VERDICT_REASONS and r.greedy_correct == (r.greedy_reason == "correct")
         assert r.greedy_predicted == extract_answer(r.greedy_completion)
         assert r.k == len(r.sampled_predicted) == 3 and 0 <= r.n_sampled_correct <= 3
         assert r.majority == evaluation.majority(r.sampled_predicted)
     # The pass@1 answer is the model's greedy decode of the shared prompt format.
     engine = load_engine(TransformersOptions(), policy_dir(run_in(evaluated)))
     ordered = [problems[r.problem_id] for r in rows]
-    greedy = engine.generate([format.prompt(p.question) for p in ordered],
-                             SamplingParams(n=1, temperature=0, max_new_tokens=24, stop=format.STOP))
+    greedy = engine.generate([formatting.prompt(p.question) for p in ordered],
+                             SamplingParams(n=1, temperature=0, max_new_tokens=24, stop=formatting.STOP))
     assert [r.greedy_completion for r in rows] == [g[0].text for g in greedy]
 
     marker = lake.marker(RUN, SFT)
@@ -128,7 +128,7 @@ def test_one_row_per_problem_with_its_greedy_answer_and_k_samples(evaluated):
     assert metrics["pass@1_ci"] == approx(evaluation.wilson(sum(r.greedy_correct for r in rows), n), abs=1e-6)
     assert (metrics["method"], metrics["model"], metrics["split"], metrics["n"], metrics["k"]) == (
         "sft", f"runs/{RUN}/policy", "test", n, 3)
-    assert list(metrics["by_stage"]) == STAGES
+    assert list(metrics["by_level"]) == LEVELS
     assert metrics["tokens"] > 0 and metrics["tokens_per_s"] > 0
 
 
@@ -156,7 +156,7 @@ def test_a_landed_shard_is_counted_not_redone(trained, tmp_path):
     first = write_shard(SPECS[SFT], EVAL, run_in(lake), 1)
     path = Lake(lake).part_path(RUN, SFT, 1)
     mtime = Lake(lake).fs.info(path)["mtime"]
-    assert first["rows"] == PER_STAGE * len(STAGES) // 2 and first["tokens"] > 0
+    assert first["rows"] == PER_LEVEL * len(LEVELS) // 2 and first["tokens"] > 0
     assert write_shard(SPECS[SFT], EVAL, run_in(lake), 1) == first  # recounted from its summary, same figures
     assert Lake(lake).fs.info(path)["mtime"] == mtime
 
@@ -191,7 +191,7 @@ def test_another_methods_model_is_read_from_its_train_stage(trained, tmp_path):
 
     title, headers, rows = comparison(lk, RUN)
     assert headers[:3] == ["method", "trained on", "problems"] and headers[4] == "maj@3"
-    n = str(len(STAGES) * PER_STAGE)
+    n = str(len(LEVELS) * PER_LEVEL)
     assert [row[:3] for row in rows] == [["sft", str(TINY["problems"]["n_train"]), n], ["dpo", "5", n]]
     assert "test split" in title and tables(lk, RUN)[-1] == (title, headers, rows)
 
@@ -220,8 +220,8 @@ def test_pass_at_1_and_maj_at_k_count_what_the_judge_said(trained, tmp_path, mon
     assert metrics["pass@1"] == approx(len(known) / len(problems), abs=1e-6)
     assert metrics["maj@k"] == approx(sum(r.majority_correct for r in rows) / len(rows), abs=1e-6)
     assert metrics["sampled_accuracy"] == approx(sum(r.n_sampled_correct for r in rows) / (4 * len(rows)), abs=1e-6)
-    assert metrics["by_stage"] == {
-        s: {"n": PER_STAGE, "pass@1": approx(sum(p.problem_id in known for p in problems if p.stage == s) / PER_STAGE,
+    assert metrics["by_level"] == {
+        s: {"n": PER_LEVEL, "pass@1": approx(sum(p.problem_id in known for p in problems if p.level == s) / PER_LEVEL,
                                              abs=1e-6),
-            "maj@k": approx(sum(r.majority_correct for r in rows if r.stage == s) / PER_STAGE, abs=1e-6)}
-        for s in STAGES}
+            "maj@k": approx(sum(r.majority_correct for r in rows if r.level == s) / PER_LEVEL, abs=1e-6)}
+        for s in LEVELS}

@@ -28,7 +28,7 @@ def output(i: int, text: str) -> SynthOutput:
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory, shared_data):
     templates = load_templates("synthesis")
-    teacher, stages = ToyTeacher(templates), toy.STAGE_NAMES * 4
+    teacher, stages = ToyTeacher(templates), toy.LEVELS * 4
     good = [teacher.answer(templates.render(stages[i], text), random.Random(i))
             for i, (kind, text) in enumerate(toy.corpus(16, 2)) if kind != "noise"]
     first = synthesis.parse(good[0])

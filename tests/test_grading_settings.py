@@ -9,7 +9,7 @@ from engines.openai_app import Faults, Record, Server, make_app
 from teacher import ScriptedTeacher
 
 from mathfactory.flows.shard import ref, resolve
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.records import EvalResult, Problem, Rollout, StepCredit, stable_id
 from mathfactory.tasks.credit import CREDIT, CreditConfig
 from mathfactory.tasks.engines import OpenAIOptions
@@ -48,8 +48,8 @@ def seeded_run(lake: str, grading: VerifyConfig) -> Run:
     lk, p = Lake(lake), problem("train")
     lk.write_part(RUN, "problems", 0, Problem, [p, problem("test")])
     lk.commit(RUN, "problems", Problem)
-    rollout = Rollout("r", p.problem_id, "train", p.stage, "scripted", 0, format.prompt(QUESTION),
-                      format.completion(SOLUTION), 10, "stop", 0.8, 0)
+    rollout = Rollout("r", p.problem_id, "train", p.level, "scripted", 0, formatting.prompt(QUESTION),
+                      formatting.completion(SOLUTION), 10, "stop", 0.8, 0)
     lk.write_part(RUN, "rollouts", 0, Rollout, [rollout])
     lk.commit(RUN, "rollouts", Rollout)
     build(VERDICTS, VerifyConfig(), Run(lake=lake, run_id=RUN))

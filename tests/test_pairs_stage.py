@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from credit_world import SEED  # fixtures: world, served, runs
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.records import Problem, Rollout, Verdict
 from mathfactory.tasks.core.steps import split_steps
 from mathfactory.tasks.core.strategies import STRATEGIES
@@ -22,7 +22,7 @@ def test_every_dataset_lands_with_its_marker(runs, world, strategy):
         assert run.marker(name)["rows"] == len(run.datasets[name]), name
     sft = run.datasets["sft"]
     assert sorted(e.problem_id for e in sft) == sorted(world.train)
-    assert all(e.completion == format.completion(world.train[e.problem_id].solution) for e in sft)
+    assert all(e.completion == formatting.completion(world.train[e.problem_id].solution) for e in sft)
     assert run.marker("sft")["metrics"]["skipped"] == {"not_train": 1}
     wrong_ids = {r.rollout_id for r in world.rollouts if r.rollout_id in world.slip}
     solved = [pid for pid in world.train if pid != world.unsolved]
@@ -31,7 +31,7 @@ def test_every_dataset_lands_with_its_marker(runs, world, strategy):
     # The default chosen side is the reference (D_syn): one per problem, the never-solved one's included.
     assert len(outcome) == sum(min(PairsConfig().outcome_n, n) for n in n_wrong.values())
     for pairs in (outcome, run.datasets["dpo_edit"]):
-        assert all(x.chosen == format.completion(world.train[x.problem_id].solution) and x.chosen_rollout_id is None
+        assert all(x.chosen == formatting.completion(world.train[x.problem_id].solution) and x.chosen_rollout_id is None
                    and x.chosen_source == "reference" and x.rejected_rollout_id in wrong_ids for x in pairs)
     assert len(run.datasets["dpo_edit"]) == len(world.train)
     assert run.marker("dpo_outcome")["metrics"]["chosen_sources"] == {"reference": len(outcome)}
@@ -49,7 +49,7 @@ def test_step_pairs_are_cut_at_the_slip(runs, world, strategy):
     for rid, r in wrong.items():
         j = world.slip[rid]
         lines = r.completion.splitlines(keepends=True)  # n step lines, then `#### N` (part of step n)
-        reference = format.completion(world.train[r.problem_id].solution)
+        reference = formatting.completion(world.train[r.problem_id].solution)
         x = cut[rid]
         assert (x.kind, x.pit_index, x.prompt) == ("step_cut", j, r.prompt)
         assert x.rejected == "".join(lines[:j] if j < len(lines) - 1 else lines)

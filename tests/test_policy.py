@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 from support import TINY_MODEL
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.policy import PolicyConfig, sft_rows, train_policy
 from mathfactory.tasks.trainer import check_model_dir
@@ -24,7 +24,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def problems():
-    return toy.generate(64, "train", seed=5, stages=["grade_school", "middle_school"])
+    return toy.generate(64, "train", seed=5, levels=["grade_school", "middle_school"])
 
 
 def test_every_field_is_documented_and_typos_are_refused():
@@ -37,8 +37,8 @@ def test_every_field_is_documented_and_typos_are_refused():
 
 def test_rows_are_the_shared_prompt_and_completion_format(problems):
     rows = sft_rows(problems)
-    assert rows[0] == {"prompt": format.prompt(problems[0].question),
-                       "completion": format.completion(problems[0].solution)}
+    assert rows[0] == {"prompt": formatting.prompt(problems[0].question),
+                       "completion": formatting.completion(problems[0].solution)}
     assert all(r["completion"].rstrip().endswith(f"#### {p.answer}") for r, p in zip(rows, problems, strict=True))
 
 

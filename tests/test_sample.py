@@ -10,7 +10,7 @@ import pytest
 from engines.openai_app import Faults, Record, Server, make_app
 from teacher import UNKNOWN, ScriptedTeacher
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.engines import OpenAIOptions
 from mathfactory.tasks.problems import PROBLEMS
@@ -53,9 +53,9 @@ def test_every_selected_problem_gets_n_completions_from_the_served_policy(served
     by_id = {p.problem_id: p for p in chosen}
     for r in rollouts:
         p = by_id[r.problem_id]
-        assert (r.split, r.stage, r.prompt, r.policy) == (p.split, p.stage, format.prompt(p.question), f"{url}#{MODEL}")
+        assert (r.split, r.level, r.prompt, r.policy) == (p.split, p.level, formatting.prompt(p.question), f"{url}#{MODEL}")
         # the scripted policy knows the train references and nothing else
-        assert r.completion == (format.completion(p.solution) if p.split == "train" else UNKNOWN)
+        assert r.completion == (formatting.completion(p.solution) if p.split == "train" else UNKNOWN)
     assert len({r.rollout_id for r in rollouts}) == len(rollouts)
     bodies = record.bodies[asked:]  # one request per problem, asking for its n completions
     assert len(bodies) == 10 and {b["n"] for b in bodies} == {3} and {b["model"] for b in bodies} == {MODEL}

@@ -78,6 +78,19 @@ def test_a_column_added_with_a_default_reads_as_that_default_from_older_files(la
         assert list(lake.read("run", stage, record)) == [dataclasses.replace(row, **{added: None})]
 
 
+def test_a_lake_written_before_level_was_renamed_still_reads(lake):
+    """Schema 4 calls a problem's education level `level`; files of schema 3 and before call it `stage`."""
+    old = pa.schema([pa.field("stage" if f.name == "level" else f.name, f.type, f.nullable)
+                     for f in arrow_schema(Problem)], metadata={"schema_version": "3"})
+    rows = _problems(3)
+    lake.fs.makedirs(lake.stage_path("run", "problems"), exist_ok=True)
+    with lake.fs.open(lake.part_path("run", "problems", 0), "wb") as f:
+        pq.write_table(pa.table({n: [getattr(r, "level" if n == "stage" else n) for r in rows] for n in old.names},
+                                schema=old), f)
+    lake.commit("run", "problems", Problem)
+    assert list(lake.read("run", "problems", Problem)) == rows
+
+
 def test_lists_of_optional_values_round_trip(lake):
     schema = arrow_schema(EvalResult)
     assert schema.field("sampled_predicted").type == pa.list_(pa.string()) == arrow_schema(StepwiseExample).field(

@@ -35,7 +35,7 @@ def write(lake: Lake, stage: str, cls: type, rows: list) -> None:
 def lake(tmp_path_factory) -> Lake:
     """A run with problems, pi_sft (trained through the trainer process) and one dataset per method."""
     lk = Lake(str(tmp_path_factory.mktemp("lake")))
-    problems = toy.generate(64, "train", seed=5, stages=["grade_school", "middle_school"])
+    problems = toy.generate(64, "train", seed=5, levels=["grade_school", "middle_school"])
     write(lk, "problems", Problem, problems)
     build(POLICY, PolicyConfig(**TINY), Run(lake=lk.root, run_id=RUN))
     sft, pairs = toy_training_sets(problems)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.records import Rollout, stable_id
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.problems import PROBLEMS
@@ -15,7 +15,7 @@ from mathfactory.tasks.verify import VERDICTS, VerifyConfig, grade_file
 
 PROBLEMS_ = toy.generate(4, "train", 1) + toy.generate(2, "test", 1)
 COMPLETIONS = {  # what each rollout says, and the reason it must get
-    "right": (lambda p: format.completion(p.solution), "correct"),
+    "right": (lambda p: formatting.completion(p.solution), "correct"),
     "off by one": (lambda p: f"It is {p.answer}.\n#### {int(p.answer) + 1}\n", "wrong"),
     "no answer": (lambda p: "I am not sure.\n", "no_answer"),
     "latex right": (lambda p: f"So\n#### \\frac{{{2 * int(p.answer)}}}{{2}}\n", "correct"),
@@ -23,8 +23,8 @@ COMPLETIONS = {  # what each rollout says, and the reason it must get
 
 
 def rollouts() -> list[Rollout]:
-    return [Rollout(stable_id(p.problem_id, kind), p.problem_id, p.split, p.stage, "scripted", k,
-                    format.prompt(p.question), make(p), 9, "stop", 0.8, 0)
+    return [Rollout(stable_id(p.problem_id, kind), p.problem_id, p.split, p.level, "scripted", k,
+                    formatting.prompt(p.question), make(p), 9, "stop", 0.8, 0)
             for p in PROBLEMS_ for k, (kind, (make, _)) in enumerate(COMPLETIONS.items())]
 
 

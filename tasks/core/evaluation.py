@@ -59,13 +59,13 @@ def _ci(successes: int, n: int) -> list[float] | None:
 
 def summarize(rows: Iterable[EvalResult]) -> dict:
     """n, k, pass@1 (greedy) and maj@k with their 95 % Wilson intervals, the mean accuracy of single samples,
-    and n / pass@1 / maj@k per education stage (in order of first appearance). Rates are None with no rows."""
+    and n / pass@1 / maj@k per education level (in order of first appearance). Rates are None with no rows."""
     rows = list(rows)
     greedy, major = sum(r.greedy_correct for r in rows), sum(r.majority_correct for r in rows)
     samples = sum(len(r.sampled_predicted) for r in rows)
-    stages: dict[str, list[EvalResult]] = {}
+    levels: dict[str, list[EvalResult]] = {}
     for r in rows:
-        stages.setdefault(r.stage, []).append(r)
+        levels.setdefault(r.level, []).append(r)
     return {
         "n": len(rows),
         "k": rows[0].k if rows else None,
@@ -74,9 +74,9 @@ def summarize(rows: Iterable[EvalResult]) -> dict:
         "maj@k": _rate(major, len(rows)),
         "maj@k_ci": _ci(major, len(rows)),
         "sampled_accuracy": _rate(sum(r.n_sampled_correct for r in rows), samples),
-        "by_stage": {
-            stage: {"n": len(group), "pass@1": _rate(sum(r.greedy_correct for r in group), len(group)),
+        "by_level": {
+            level: {"n": len(group), "pass@1": _rate(sum(r.greedy_correct for r in group), len(group)),
                     "maj@k": _rate(sum(r.majority_correct for r in group), len(group))}
-            for stage, group in stages.items()
+            for level, group in levels.items()
         },
     }

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from mathfactory.tasks.core.calculator import check_annotations
-from mathfactory.tasks.core.records import REASONS
+from mathfactory.tasks.core.records import VERDICT_REASONS
 
 MAX_ANSWER_CHARS = 2000
 # Real answers nest brackets a few levels; hundreds make math-verify's recursive parser take seconds and then
@@ -19,12 +19,12 @@ MAX_NESTING = 50
 @dataclass(frozen=True)
 class Grade:
     correct: bool
-    reason: str  # one of records.REASONS
+    reason: str  # one of records.VERDICT_REASONS
     predicted: str | None  # the extracted final answer
     calc_errors: int  # calculator annotations <<a op b=c>> in the completion whose arithmetic is wrong
 
     def __post_init__(self) -> None:
-        if self.reason not in REASONS or self.correct != (self.reason == "correct"):
+        if self.reason not in VERDICT_REASONS or self.correct != (self.reason == "correct"):
             raise ValueError(f"inconsistent grade: correct={self.correct} reason={self.reason!r}")
 
 

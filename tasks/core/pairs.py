@@ -28,11 +28,12 @@ import random
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
+from mathfactory.tasks.core.edits import edit_distance
 from mathfactory.tasks.core.records import (
     PreferencePair,
     Problem,
@@ -45,7 +46,6 @@ from mathfactory.tasks.core.records import (
 
 T = TypeVar("T")
 DEDUPS = ("equations", "edit_distance")
-UNITS = ("char", "step")
 CHOSEN = ("policy", "reference", "both")
 
 
@@ -83,7 +83,7 @@ class _Group:
 
 def references(problems: Iterable[Problem]) -> dict[str, str]:
     """problem_id -> its reference solution as a completion (the D_syn text pi_sft learned), for chosen sides."""
-    return {p.problem_id: format.completion(p.solution) for p in problems if p.solution.strip()}
+    return {p.problem_id: formatting.completion(p.solution) for p in problems if p.solution.strip()}
 
 
 def _groups(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], skipped: Counter[str],
@@ -133,8 +133,8 @@ def sft_examples(problems: Iterable[Problem]) -> Built[SFTExample]:
                     "sft",
                     p.problem_id,
                     None,
-                    format.prompt(p.question),
-                    format.completion(p.solution),
+                    formatting.prompt(p.question),
+                    formatting.completion(p.solution),
                 )
             )
     return Built(rows, skipped)
@@ -279,49 +279,6 @@ def _pair(kind: str, chosen: Side, rejected: Rollout, pit: StepCredit | None = N
         pit_index,
         chosen.source,
     )
-
-
-def _steps(text: str) -> list[str]:
-    # A step is a non-empty line, as in GSM8K-format solutions.
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
-    """Insertions + deletions + substitutions turning `a` into `b` (two strings, or two lists of steps)."""
-    # Bit-parallel (Myers 1999, in Hyyrö's 2001 form): one column of the DP table is two bit vectors, so a pair
-    # costs len(a) big-int steps instead of len(a) * len(b) Python steps (~100x faster on 400-character texts).
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return len(a)
-    peq: dict[Hashable, int] = {}  # symbol -> bit mask of its positions in b
-    for i, y in enumerate(b):
-        peq[y] = peq.get(y, 0) | 1 << i
-    full, top = (1 << len(b)) - 1, 1 << (len(b) - 1)
-    pv, mv, score = full, 0, len(b)  # vertical +1 / -1 deltas; score = D[len(b)][j]
-    for x in a:
-        eq = peq.get(x, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = mv | ~(xh | pv)
-        mh = pv & xh
-        if ph & top:
-            score += 1
-        elif mh & top:
-            score -= 1
-        ph = ph << 1 | 1  # row 0 of the table is 0, 1, 2, ...: every column adds 1 at the top
-        mh <<= 1
-        pv = (mh | ~(xv | ph)) & full
-        mv = ph & xv & full
-    return score
-
-
-def edit_distance(a: str, b: str, unit: str = "char") -> float:
-    """Levenshtein distance over characters or steps (lines), divided by the longer length: 0 same, 1 disjoint."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
-    x, y = (a, b) if unit == "char" else (_steps(a), _steps(b))
-    return levenshtein(x, y) / max(len(x), len(y)) if x or y else 0.0
 
 
 def edit_distance_pairs(rollouts: Iterable[Rollout], verdicts: Iterable[Verdict], unit: str = "char",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3  # 2: SeedScore.preview; 3: StepCredit.n_correct, q None unless estimated; PreferencePair.chosen_source
+SCHEMA_VERSION = 4  # 2: SeedScore.preview; 3: StepCredit.n_correct, q None unless estimated; PreferencePair.chosen_source;
+#   4: `stage` (a problem's education level) is `level`
+RENAMED = {"level": "stage"}  # column -> its name in older files, which still read
 
 # Why a rollout got its verdict. Every verdict carries exactly one of these.
-REASONS = ("correct", "wrong", "no_answer", "unparseable", "timeout")
+VERDICT_REASONS = ("correct", "wrong", "no_answer", "unparseable", "timeout")
 
 
 def stable_id(*parts: object) -> str:
@@ -30,7 +32,7 @@ class Problem:
     problem_id: str
     source: str  # toy | gsm8k | math500 | synth
     split: str  # train | test
-    stage: str  # education stage (toy), or level/subject for real data
+    level: str  # education level (toy; JiuZhang3.0's education stage), steps (GSM8K), level/subject (MATH)
     question: str
     solution: str  # reference worked solution (GSM8K format, or LaTeX)
     answer: str  # reference final answer
@@ -41,7 +43,7 @@ class Rollout:
     rollout_id: str
     problem_id: str
     split: str
-    stage: str
+    level: str
     policy: str  # the model that wrote it: runs/{run_id}/policy in the lake, a pretrained URL, or a served model
     sample_index: int
     prompt: str
@@ -57,9 +59,9 @@ class Verdict:
     rollout_id: str
     problem_id: str
     split: str
-    stage: str
+    level: str
     correct: bool
-    reason: str  # one of REASONS
+    reason: str  # one of VERDICT_REASONS
     predicted: str | None  # the extracted final answer, if any
     gold: str
     calc_errors: int  # calculator annotations <<a*b=c>> whose arithmetic is wrong
@@ -133,13 +135,13 @@ class EvalResult:
     eval_id: str  # stable_id(problem_id, model, seed, k)
     problem_id: str
     split: str
-    stage: str
+    level: str
     method: str  # the training method that made the model: sft | rft | dpo | ...
     model: str  # the model evaluated, named as Rollout.policy names it
     greedy_completion: str
     greedy_predicted: str | None
     greedy_correct: bool
-    greedy_reason: str  # one of REASONS
+    greedy_reason: str  # one of VERDICT_REASONS
     k: int
     sampled_predicted: list[str | None]  # the k samples' extracted answers, in sample order
     n_sampled_correct: int
@@ -168,7 +170,7 @@ class TeacherCall:
     request_id: str  # the request's cache key: the same request is never paid for twice
     round: int  # 1: seed texts sampled at random; 2: the texts gradient influence selected
     seed_id: str
-    stage: str  # education stage of the prompt template
+    level: str  # the education stage of the prompt template (its name in the templates file)
     prompt: str
     completion: str | None  # None if the request failed
     ok: bool
@@ -209,7 +211,7 @@ class SynthOutput:
 
     output_id: str
     seed_id: str
-    stage: str
+    level: str  # the education stage of the prompt template
     completion: str
     n_tokens: int
     finish_reason: str

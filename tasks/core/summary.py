@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from mathfactory.tasks.core.records import REASONS, Verdict
+from mathfactory.tasks.core.records import VERDICT_REASONS, Verdict
 
 
 def tally(verdicts: Iterable[Verdict]) -> dict:
@@ -15,11 +15,11 @@ def tally(verdicts: Iterable[Verdict]) -> dict:
     per_problem: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for v in verdicts:
         reasons[v.reason] += 1
-        for counts in (groups[f"{v.split}/{v.stage}"], per_problem[v.problem_id]):
+        for counts in (groups[f"{v.split}/{v.level}"], per_problem[v.problem_id]):
             counts[0] += v.correct
             counts[1] += 1
     return {
-        "reasons": {r: reasons[r] for r in REASONS},
+        "reasons": {r: reasons[r] for r in VERDICT_REASONS},
         "groups": dict(groups),
         "problems": len(per_problem),
         "mixed": sum(0 < c < n for c, n in per_problem.values()),  # credit assignment needs these
@@ -27,7 +27,7 @@ def tally(verdicts: Iterable[Verdict]) -> dict:
 
 
 def merge(tallies: Iterable[dict]) -> dict:
-    out = {"reasons": dict.fromkeys(REASONS, 0), "groups": {}, "problems": 0, "mixed": 0}
+    out = {"reasons": dict.fromkeys(VERDICT_REASONS, 0), "groups": {}, "problems": 0, "mixed": 0}
     for t in tallies:
         for r, n in t["reasons"].items():
             out["reasons"][r] += n

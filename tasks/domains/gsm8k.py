@@ -43,7 +43,7 @@ def parse_row(row: dict, origin: str, split: str) -> Problem | Quarantined:
         problem_id=stable_id(SOURCE, question),
         source=SOURCE,
         split=split,
-        stage=f"{n_steps}-step",
+        level=f"{n_steps}-step",
         question=question,
         solution=answer,
         answer=final.strip(),

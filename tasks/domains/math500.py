@@ -1,7 +1,7 @@
 """MATH500 JSONL (or Parquet) rows -> Problem, and bad rows -> Quarantined with file:line and reason.
 
 Problem has no subject field, so the stage carries both: `"level{level}/{subject}"`, e.g. "level2/Precalculus"
-(level first: difficulty is what stages group by; `stage_parts` splits it back). The solution is the LaTeX
+(level first: difficulty is what stages group by; `level_parts` splits it back). The solution is the LaTeX
 worked solution (final answer in `\\boxed{}`), the answer the `answer` field as is.
 """
 
@@ -33,7 +33,7 @@ def parse_level(value: object) -> int | None:
     return level if level in LEVELS else None
 
 
-def stage_parts(stage: str) -> tuple[int, str]:
+def level_parts(stage: str) -> tuple[int, str]:
     """A stage back as (level, subject): "level2/Precalculus" -> (2, "Precalculus")."""
     level, _, subject = stage.partition("/")
     return int(level.removeprefix("level")), subject
@@ -54,7 +54,7 @@ def parse_row(row: dict, origin: str, split: str = "test") -> Problem | Quaranti
         problem_id=stable_id(SOURCE, problem),
         source=SOURCE,
         split=split,
-        stage=f"level{level}/{subject.strip()}",
+        level=f"level{level}/{subject.strip()}",
         question=problem,
         solution=solution,
         answer=answer.strip(),

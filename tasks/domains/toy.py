@@ -1,8 +1,8 @@
 """Seed -> toy arithmetic word problems with GSM8K-format solutions: the built-in teacher of the embedded default.
 
 Each problem is a story of running quantities; each sentence is one operation and each solution line one step
-(`... = <<a+b=c>>c ...`), ending with `#### N`. Education stages rise in steps, number size and operation kinds;
-the two upper stages follow two people and combine them at the end (8+ steps), which the credit stage needs.
+(`... = <<a+b=c>>c ...`), ending with `#### N`. Education levels rise in steps, number size and operation kinds;
+the two upper levels follow two people and combine them at the end (8+ steps), which the credit stage needs.
 A question belongs to the test split iff its hash says so, so splits are disjoint by construction.
 """
 
@@ -17,22 +17,22 @@ from mathfactory.tasks.core.records import Problem, stable_id
 
 
 @dataclass(frozen=True)
-class Stage:
+class Level:
     name: str
     steps: tuple[int, int]  # operations per person (inclusive range)
     limit: int  # every intermediate quantity stays in [1, limit]
     ops: str  # operation kinds available: + - * /
-    people: int  # upper stages track two people and add a combining step
+    people: int  # upper levels track two people and add a combining step
 
 
-STAGES = (
-    Stage("grade_school", (2, 2), 10, "+-", 1),
-    Stage("middle_school", (3, 3), 15, "+-*", 1),
-    Stage("high_school", (4, 5), 20, "+-*/", 1),
-    Stage("college", (4, 4), 25, "+-*/", 2),
-    Stage("competition", (5, 5), 30, "+-*/", 2),
+BY_LEVEL = (
+    Level("grade_school", (2, 2), 10, "+-", 1),
+    Level("middle_school", (3, 3), 15, "+-*", 1),
+    Level("high_school", (4, 5), 20, "+-*/", 1),
+    Level("college", (4, 4), 25, "+-*/", 2),
+    Level("competition", (5, 5), 30, "+-*/", 2),
 )
-STAGE_NAMES = tuple(s.name for s in STAGES)
+LEVELS = tuple(level.name for level in BY_LEVEL)
 TEST_FRACTION = 0.1
 
 NAMES = ("Ava", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jade", "Kai", "Lena", "Milo", "Nora",
@@ -50,19 +50,19 @@ TEMPLATES = {
 }
 
 
-def _step(rng: random.Random, a: int, stage: Stage) -> tuple[str, int, int] | None:
+def _step(rng: random.Random, a: int, level: Level) -> tuple[str, int, int] | None:
     """One operation on quantity `a` that keeps the result in [1, limit]; None if no kind fits."""
-    kinds = list(stage.ops)
+    kinds = list(level.ops)
     rng.shuffle(kinds)
     for op in kinds:
-        if op == "+" and a < stage.limit:
-            n = rng.randint(1, min(stage.limit - a, max(9, stage.limit // 3)))
+        if op == "+" and a < level.limit:
+            n = rng.randint(1, min(level.limit - a, max(9, level.limit // 3)))
             return op, n, a + n
         if op == "-" and a > 1:
             n = rng.randint(1, a - 1)
             return op, n, a - n
-        if op == "*" and 2 * a <= stage.limit:
-            n = rng.randint(2, min(5, stage.limit // a))
+        if op == "*" and 2 * a <= level.limit:
+            n = rng.randint(2, min(5, level.limit // a))
             return op, n, a * n
         if op == "/":
             divisors = [d for d in range(2, 6) if a % d == 0]
@@ -72,13 +72,13 @@ def _step(rng: random.Random, a: int, stage: Stage) -> tuple[str, int, int] | No
     return None
 
 
-def _story(rng: random.Random, stage: Stage, person: str, item: str, start: int | None = None
+def _story(rng: random.Random, level: Level, person: str, item: str, start: int | None = None
            ) -> tuple[list[str], list[str], int]:
     """One person's chain: question sentences, solution lines, final quantity."""
-    a = rng.randint(2, max(3, stage.limit // 3)) if start is None else start
+    a = rng.randint(2, max(3, level.limit // 3)) if start is None else start
     question, solution = [f"{person} has {a} {item}."], []
-    for _ in range(rng.randint(*stage.steps)):
-        step = _step(rng, a, stage)
+    for _ in range(rng.randint(*level.steps)):
+        step = _step(rng, a, level)
         if step is None:
             break
         op, n, c = step
@@ -89,18 +89,18 @@ def _story(rng: random.Random, stage: Stage, person: str, item: str, start: int 
     return question, solution, a
 
 
-def make_problem(rng: random.Random, stage: Stage, item: str | None = None, people: Sequence[str] = (),
+def make_problem(rng: random.Random, level: Level, item: str | None = None, people: Sequence[str] = (),
                  starts: Sequence[int] = ()) -> tuple[str, str, int]:
-    """(question, GSM8K-format solution, answer) for one random problem of `stage`; the toy teacher passes the
+    """(question, GSM8K-format solution, answer) for one random problem of `level`; the toy teacher passes the
     item, people and starting quantities it found in a seed text."""
     item = item or rng.choice(ITEMS)
-    people = list(people[:stage.people])
-    if len(people) < stage.people:
-        people += rng.sample([n for n in NAMES if n not in people], stage.people - len(people))
-    stories = [_story(rng, stage, p, item, starts[i] if i < len(starts) else None) for i, p in enumerate(people)]
+    people = list(people[:level.people])
+    if len(people) < level.people:
+        people += rng.sample([n for n in NAMES if n not in people], level.people - len(people))
+    stories = [_story(rng, level, p, item, starts[i] if i < len(starts) else None) for i, p in enumerate(people)]
     question = " ".join(" ".join(q) for q, _, _ in stories)
     solution = [line for _, s, _ in stories for line in s]
-    if stage.people == 1:
+    if level.people == 1:
         answer = stories[0][2]
         question += f" How many {item} does {people[0]} have now?"
     else:
@@ -117,14 +117,14 @@ def split_of(question: str) -> str:
     return "test" if int(stable_id("toy-split", question), 16) % 1000 < TEST_FRACTION * 1000 else "train"
 
 
-def generate(n: int, split: str, seed: int, stages: Sequence[str] = STAGE_NAMES) -> list[Problem]:
-    """`n` distinct problems of `split`, cycling through `stages`; the same arguments give the same problems."""
+def generate(n: int, split: str, seed: int, levels: Sequence[str] = LEVELS) -> list[Problem]:
+    """`n` distinct problems of `split`, cycling through `levels`; the same arguments give the same problems."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    by_name = {s.name: s for s in STAGES}
-    unknown = [s for s in stages if s not in by_name]
+    by_name = {s.name: s for s in BY_LEVEL}
+    unknown = [s for s in levels if s not in by_name]
     if unknown:
-        raise ValueError(f"unknown toy stage(s) {unknown}; valid: {list(by_name)}")
+        raise ValueError(f"unknown toy level(s) {unknown}; valid: {list(by_name)}")
     rng = random.Random(f"toy-{seed}-{split}")
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -132,13 +132,13 @@ def generate(n: int, split: str, seed: int, stages: Sequence[str] = STAGE_NAMES)
     while len(problems) < n:
         attempts += 1
         if attempts > 200 * n + 1000:
-            raise ValueError(f"could not find {n} distinct {split} problems for stages {list(stages)}")
-        stage = by_name[stages[len(problems) % len(stages)]]
-        question, solution, answer = make_problem(rng, stage)
+            raise ValueError(f"could not find {n} distinct {split} problems for levels {list(levels)}")
+        level = by_name[levels[len(problems) % len(levels)]]
+        question, solution, answer = make_problem(rng, level)
         if question in seen or split_of(question) != split:
             continue
         seen.add(question)
-        problems.append(Problem(stable_id("toy", question), "toy", split, stage.name, question, solution, str(answer)))
+        problems.append(Problem(stable_id("toy", question), "toy", split, level.name, question, solution, str(answer)))
     return problems
 
 
@@ -164,7 +164,7 @@ def seed_text(rng: random.Random, kind: str) -> str:
     if kind == "lesson":
         lines = []
         for op in rng.sample("+-*/", 2):
-            step = _step(rng, rng.randint(4, 20), Stage("", (1, 1), 30, op, 1))
+            step = _step(rng, rng.randint(4, 20), Level("", (1, 1), 30, op, 1))
             if step is not None:
                 lines.append(LESSONS[op].format(a=int(_lesson_base(op, step)), n=step[1], c=step[2], i=item))
         return " ".join(lines) or f"Counting {item} one by one gives their number."

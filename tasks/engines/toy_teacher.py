@@ -3,7 +3,7 @@ Engine protocol as vLLM or an OpenAI-compatible server (tests serve it over HTTP
 
 Given an education-stage prompt it writes a toy problem of that stage about the people, item and quantities of
 the seed text, in the synthesis output format; given off-topic prose it can only write a word-counting riddle
-(the kind of problem gradient influence should learn to avoid). Given `format.prompt(question)` it solves toy
+(the kind of problem gradient influence should learn to avoid). Given `formatting.prompt(question)` it solves toy
 questions with the domain's solver, which is how the `solvable` gate asks it whether a problem holds together.
 """
 
@@ -13,14 +13,14 @@ import random
 import re
 from collections.abc import Sequence
 
-from mathfactory.tasks.core import format, synthesis
+from mathfactory.tasks.core import formatting, synthesis
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.engines.base import Completion, SamplingParams, request_seeds
 
 CANNOT = "I cannot solve this question.\n"
 _LEVEL = re.compile(r"^Level: (.+)$", re.M)
 _EXCERPT = re.compile(r"Math content:\n(.*?)\n\nGuidelines:", re.S)
-_QUESTION = re.compile(re.escape(format.PROMPT_TEMPLATE).replace(r"\{question\}", "(.*)"), re.S)
+_QUESTION = re.compile(re.escape(formatting.PROMPT_TEMPLATE).replace(r"\{question\}", "(.*)"), re.S)
 
 
 def n_words(text: str) -> int:
@@ -30,9 +30,9 @@ def n_words(text: str) -> int:
 
 class ToyTeacher:
     def __init__(self, templates: synthesis.Templates) -> None:
-        toy_stages = {s.name: s for s in toy.STAGES}
+        toy_levels = {level.name: level for level in toy.BY_LEVEL}
         # A stage the toy domain does not know is written as its simplest stage.
-        self.stage_of_level = {p.level: toy_stages.get(name, toy.STAGES[0]) for name, p in templates.stages.items()}
+        self.toy_level = {p.level: toy_levels.get(name, toy.BY_LEVEL[0]) for name, p in templates.stages.items()}
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         out = []
@@ -46,15 +46,15 @@ class ToyTeacher:
         question = _QUESTION.fullmatch(prompt)
         if question:
             solved = toy.solve(question.group(1))
-            return format.completion(solved[0]) if solved else CANNOT
+            return formatting.completion(solved[0]) if solved else CANNOT
         level, excerpt = _LEVEL.search(prompt), _EXCERPT.search(prompt)
         if not (level and excerpt):
             return CANNOT
-        return self.write(self.stage_of_level.get(level.group(1).strip(), toy.STAGES[0]), excerpt.group(1), rng)
+        return self.write(self.toy_level.get(level.group(1).strip(), toy.BY_LEVEL[0]), excerpt.group(1), rng)
 
     @staticmethod
-    def write(stage: toy.Stage, excerpt: str, rng: random.Random) -> str:
-        """A problem of `stage` about what the excerpt mentions, in the synthesis output format."""
+    def write(level: toy.Level, excerpt: str, rng: random.Random) -> str:
+        """A problem of the toy `level` about what the excerpt mentions, in the synthesis output format."""
         item = next((i for i in toy.ITEMS if re.search(rf"\b{i}\b", excerpt)), None)
         numbers = [int(n) for n in re.findall(r"\b\d+\b", excerpt)]
         if item is None and not numbers:
@@ -63,6 +63,6 @@ class ToyTeacher:
             return synthesis.write(f'How many words are in the sentence "{sentence}"?',
                                    ["Count the words one by one.", f"The sentence has {k} words."], str(k))
         people = sorted((n for n in toy.NAMES if re.search(rf"\b{n}\b", excerpt)), key=excerpt.index)
-        starts = [n for n in numbers if 2 <= n <= stage.limit // 2]
-        question, solution, answer = toy.make_problem(rng, stage, item, people, starts)
+        starts = [n for n in numbers if 2 <= n <= level.limit // 2]
+        question, solution, answer = toy.make_problem(rng, level, item, people, starts)
         return synthesis.write(question, solution.splitlines()[:-1], str(answer))

@@ -90,11 +90,11 @@ def test_summarize_overall_and_per_stage():
     assert s["pass@1"] == 0.4 and s["pass@1_ci"] == pytest.approx(wilson(2, 5), abs=1e-6)
     assert s["maj@k"] == 0.6 and s["maj@k_ci"] == pytest.approx(wilson(3, 5), abs=1e-6)
     assert s["sampled_accuracy"] == 0.5  # 10 of 20 samples
-    assert s["by_stage"] == {"grade_school": {"n": 3, "pass@1": 0.666667, "maj@k": 0.666667},
+    assert s["by_level"] == {"grade_school": {"n": 3, "pass@1": 0.666667, "maj@k": 0.666667},
                              "middle_school": {"n": 2, "pass@1": 0.0, "maj@k": 0.5}}
-    assert list(s["by_stage"]) == ["grade_school", "middle_school"]  # in order of appearance
+    assert list(s["by_level"]) == ["grade_school", "middle_school"]  # in order of appearance
 
 
 def test_summarize_nothing():
     assert summarize([]) == {"n": 0, "k": None, "pass@1": None, "pass@1_ci": None, "maj@k": None,
-                             "maj@k_ci": None, "sampled_accuracy": None, "by_stage": {}}
+                             "maj@k_ci": None, "sampled_accuracy": None, "by_level": {}}

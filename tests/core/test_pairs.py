@@ -7,12 +7,12 @@ from dataclasses import asdict
 
 import pytest
 
-from mathfactory.tasks.core import format, pairs
+from mathfactory.tasks.core import edits, formatting, pairs
 from mathfactory.tasks.core.records import Problem, Rollout, SFTExample, StepCredit, Verdict, stable_id
 
 Q1 = "Ava has 5 apples. Ava finds 3 more apples. Ava gives away 2 apples. How many apples does Ava have now?"
 Q2 = "Ben has 4 coins. Ben finds 2 more coins. How many coins does Ben have now?"
-P1, P2 = format.prompt(Q1), format.prompt(Q2)
+P1, P2 = formatting.prompt(Q1), formatting.prompt(Q2)
 
 RIGHT = ["Ava finds 3, so 5+3=<<5+3=8>>8 apples.", "Ava gives away 2, so 8-2=<<8-2=6>>6 apples.", "#### 6"]
 REWORDED = ["She finds 3 more: 5+3=<<5+3=8>>8.", "Then 8-2=<<8-2=6>>6 are left.", "#### 6"]  # same equations
@@ -143,7 +143,7 @@ def test_rft_dedups_by_equation_sequence_and_skips_what_cannot_be_a_positive():
 
 
 def test_rft_dedups_by_edit_distance_below_the_threshold():
-    assert pairs.edit_distance(text(RIGHT), text(NEAR)) == pytest.approx(1 / len(text(RIGHT)))
+    assert edits.edit_distance(text(RIGHT), text(NEAR)) == pytest.approx(1 / len(text(RIGHT)))
     built = pairs.rft(ROLLOUTS, VERDICTS, k=10, dedup="edit_distance", threshold=0.1)
     kept = ids(built.rows)
     # reworded has the same equations as right but different words: distinct by text; near is a 1-char copy.
@@ -369,12 +369,12 @@ def test_levenshtein_matches_the_textbook_table():
             previous = current
         return previous[-1]
 
-    assert pairs.levenshtein("kitten", "sitting") == 3
-    assert pairs.levenshtein(["5+3=8", "8-2=6"], ["8-2=6"]) == 1
+    assert edits.levenshtein("kitten", "sitting") == 3
+    assert edits.levenshtein(["5+3=8", "8-2=6"], ["8-2=6"]) == 1
     rng = random.Random(0)
     for _ in range(2000):
         a, b = ("".join(rng.choices("ab c", k=rng.randint(0, 90))) for _ in range(2))
-        assert pairs.levenshtein(a, b) == table(a, b), (a, b)
+        assert edits.levenshtein(a, b) == table(a, b), (a, b)
 
 
 C = ["5+3=<<5+3=8>>8 apples.", "8-2=<<8-2=6>>6 apples.", "#### 6"]
@@ -385,9 +385,9 @@ LAST_STEP_LONG = [*C[:2], "Then she gives all 6 apples to Ben and buys 40 plums 
 def test_edit_distance_pairs_pick_the_most_distant_wrong_by_characters_or_by_steps():
     rollouts = [ro("c", "p1", C), ro("w-steps", "p1", EVERY_STEP_OFF), ro("w-chars", "p1", LAST_STEP_LONG)]
     verdicts = [vd("c", "p1", "correct"), vd("w-steps", "p1", "wrong"), vd("w-chars", "p1", "wrong")]
-    assert pairs.edit_distance(text(C), text(EVERY_STEP_OFF), "step") == 1.0
-    assert pairs.edit_distance(text(C), text(LAST_STEP_LONG), "step") == pytest.approx(1 / 3)
-    by_char = [pairs.edit_distance(text(C), text(w)) for w in (EVERY_STEP_OFF, LAST_STEP_LONG)]
+    assert edits.edit_distance(text(C), text(EVERY_STEP_OFF), "step") == 1.0
+    assert edits.edit_distance(text(C), text(LAST_STEP_LONG), "step") == pytest.approx(1 / 3)
+    by_char = [edits.edit_distance(text(C), text(w)) for w in (EVERY_STEP_OFF, LAST_STEP_LONG)]
     assert by_char[0] < 0.2 < by_char[1]
     by_chars = pairs.edit_distance_pairs(rollouts, verdicts).rows
     by_steps = pairs.edit_distance_pairs(rollouts, verdicts, unit="step").rows
@@ -425,7 +425,7 @@ def test_unknown_options_fail_loudly():
     with pytest.raises(ValueError, match="dedup"):
         pairs.rft(ROLLOUTS, VERDICTS, k=1, dedup="exact")
     with pytest.raises(ValueError, match="unit"):
-        pairs.edit_distance("a", "b", unit="token")
+        edits.edit_distance("a", "b", unit="token")
 
 
 # --- the rows are what TRL reads --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ def templates() -> Templates:
 
 
 def test_the_shipped_templates_cover_the_five_education_stages(templates):
-    assert list(templates.stages) == list(toy.STAGE_NAMES)
+    assert list(templates.stages) == list(toy.LEVELS)
     for stage in templates.stages:
         prompt = templates.render(stage, "Ava has 3 apples.")
         assert prompt.endswith(synthesis.CUE) and "Ava has 3 apples." in prompt

@@ -26,9 +26,9 @@ def test_real_split_loads_whole(shared_data, split, rows):
     assert len({p.problem_id for p in problems}) == rows
     assert {p.source for p in problems} == {"gsm8k"} and {p.split for p in problems} == {split}
     for p in problems:
-        assert re.fullmatch(r"[1-9][0-9]*-step", p.stage)
+        assert re.fullmatch(r"[1-9][0-9]*-step", p.level)
         assert p.solution.endswith(f"#### {p.answer}")
-        assert int(p.stage.split("-")[0]) == sum(1 for line in p.solution.split("####")[0].split("\n") if line.strip())
+        assert int(p.level.split("-")[0]) == sum(1 for line in p.solution.split("####")[0].split("\n") if line.strip())
 
 
 def test_first_train_row(shared_data):
@@ -41,7 +41,7 @@ def test_first_train_row(shared_data):
         problem_id=stable_id("gsm8k", question),
         source="gsm8k",
         split="train",
-        stage="2-step",
+        level="2-step",
         question=question,
         solution="Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
         "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72",
@@ -70,7 +70,7 @@ def test_default_dir_is_beside_the_checkout_and_env_overrides_it(shared_data, tm
 )
 def test_parse_row_steps_and_answer(answer, stage, final):
     p = gsm8k.parse_row({"question": "q?", "answer": answer}, "f.jsonl:1", "test")
-    assert (p.stage, p.answer, p.solution, p.split) == (stage, final, answer, "test")
+    assert (p.level, p.answer, p.solution, p.split) == (stage, final, answer, "test")
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ def test_real_file_loads_whole(shared_data):
     assert len({p.problem_id for p in items}) == 500
     assert {(p.source, p.split) for p in items} == {("math500", "test")}
     raw = [row for _, row, _ in iter_file_rows(str(shared_data / "math500" / "test.jsonl"))]
-    assert [math500.stage_parts(p.stage) for p in items] == [(r["level"], r["subject"]) for r in raw]
+    assert [math500.level_parts(p.level) for p in items] == [(r["level"], r["subject"]) for r in raw]
     assert [(p.question, p.solution, p.answer) for p in items] == [(r["problem"], r["solution"], r["answer"]) for r in raw]
-    levels = Counter(math500.stage_parts(p.stage)[0] for p in items)
+    levels = Counter(math500.level_parts(p.level)[0] for p in items)
     assert levels == {1: 43, 2: 90, 3: 105, 4: 128, 5: 134}
 
 
@@ -33,7 +33,7 @@ def test_first_row(shared_data):
         "$(r,\\theta),$ where $r > 0$ and $0 \\le \\theta < 2 \\pi.$"
     )
     assert first.problem_id == stable_id("math500", question)
-    assert (first.source, first.split, first.stage, first.question) == ("math500", "test", "level2/Precalculus",
+    assert (first.source, first.split, first.level, first.question) == ("math500", "test", "level2/Precalculus",
                                                                         question)
     assert first.answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
     assert first.solution.startswith("We have that $r = \\sqrt{0^2 + 3^2} = 3.$")
@@ -51,7 +51,7 @@ def test_default_dir_is_beside_the_checkout(shared_data):
 @pytest.mark.parametrize("level,stage", [(3, "level3/Prealgebra"), ("Level 5", "level5/Prealgebra"), ("2", "level2/Prealgebra")])
 def test_levels_as_written_by_math500_and_by_the_original_math_release(level, stage):
     p = math500.parse_row({**GOOD, "level": level}, "f.jsonl:1")
-    assert p.stage == stage and math500.stage_parts(p.stage) == (int(stage[5]), "Prealgebra")
+    assert p.level == stage and math500.level_parts(p.level) == (int(stage[5]), "Prealgebra")
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_bad_lines_are_quarantined_and_good_lines_still_load(tmp_path):
 def test_parquet_input(tmp_path):
     url = str(tmp_path / "math.parquet")
     write_file_rows(url, [GOOD, {**GOOD, "problem": "Harder?", "level": 4, "subject": "Counting & Probability"}])
-    assert [p.stage for p in math500.load(path=url)] == ["level1/Prealgebra", "level4/Counting & Probability"]
+    assert [p.level for p in math500.load(path=url)] == ["level1/Prealgebra", "level4/Counting & Probability"]
 
 
 def test_missing_file_raises_naming_it(tmp_path):

@@ -40,8 +40,8 @@ def test_solutions_are_gsm8k_format_and_arithmetically_right(train):
 
 
 def test_stages_rise_in_steps_numbers_and_operations(train):
-    by_stage = {s: [p for p in train if p.stage == s] for s in toy.STAGE_NAMES}
-    assert Counter(p.stage for p in train) == {s: 400 for s in toy.STAGE_NAMES}
+    by_stage = {s: [p for p in train if p.level == s] for s in toy.LEVELS}
+    assert Counter(p.level for p in train) == {s: 400 for s in toy.LEVELS}
     mean_steps = [sum(p.solution.count("\n") for p in ps) / len(ps) for ps in by_stage.values()]
     assert mean_steps == sorted(mean_steps) and mean_steps[0] == 2
     assert min(p.solution.count("\n") for p in by_stage["competition"]) >= 8
@@ -55,8 +55,8 @@ def test_stages_rise_in_steps_numbers_and_operations(train):
 def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="split"):
         toy.generate(1, "dev", seed=0)
-    with pytest.raises(ValueError, match="unknown toy stage"):
-        toy.generate(1, "train", seed=0, stages=["kindergarten"])
+    with pytest.raises(ValueError, match="unknown toy level"):
+        toy.generate(1, "train", seed=0, levels=["kindergarten"])
 
 
 def test_the_solver_reproduces_every_reference_solution():

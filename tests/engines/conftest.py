@@ -10,19 +10,19 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 MAX_POSITIONS = 256
 
 # prompt -> what the model learns to continue it with. The first runs on into a next question (the stop-string
 # case); the others end with EOS.
-RUNS_ON = format.prompt("What is 2 plus 3?")
+RUNS_ON = formatting.prompt("What is 2 plus 3?")
 MEMORIZED = {
     RUNS_ON: "2 + 3 = 5\n#### 5\nQuestion: What is 6 plus 1?\nAnswer:\n6 + 1 = 7\n#### 7\n",
-    format.prompt("What is 7 minus 2?"): "7 - 2 = 5\n#### 5",
-    format.prompt("What is 4 times 3?"): "4 * 3 = 12\n#### 12",
-    format.prompt("Tom has 9 apples and eats 4. How many are left?"): "9 - 4 = 5\n#### 5",
+    formatting.prompt("What is 7 minus 2?"): "7 - 2 = 5\n#### 5",
+    formatting.prompt("What is 4 times 3?"): "4 * 3 = 12\n#### 12",
+    formatting.prompt("Tom has 9 apples and eats 4. How many are left?"): "9 - 4 = 5\n#### 5",
 }
 ENDS_WITH_EOS = [p for p in MEMORIZED if p != RUNS_ON]
 
@@ -89,7 +89,7 @@ def _overfit(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps:
 def tiny_model(tmp_path_factory, shared_data) -> TinyModel:
     with open(shared_data / "gsm8k" / "train.jsonl") as f:
         rows = [json.loads(line) for _, line in zip(range(500), f, strict=False)]
-    texts = [format.prompt(r["question"]) + format.completion(r["answer"]) for r in rows]
+    texts = [formatting.prompt(r["question"]) + formatting.completion(r["answer"]) for r in rows]
     tokenizer = _tokenizer(texts + [p + c for p, c in MEMORIZED.items()])
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

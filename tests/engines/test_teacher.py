@@ -149,10 +149,10 @@ def test_answers_come_in_order_and_a_second_ask_is_free(serve, cache):
 def test_an_answer_is_a_teacher_call_but_for_what_the_caller_knows(serve, cache):
     server, _ = serve()
     [answer] = teacher_for(server, cache).ask(["p"], PARAMS)
-    call = TeacherCall(**asdict(answer), round=1, seed_id="s0", stage="grade_school", prompt="p")
+    call = TeacherCall(**asdict(answer), round=1, seed_id="s0", level="grade_school", prompt="p")
     assert call.completion == answer.completion and call.request_id == answer.request_id
     assert {f.name for f in fields(TeacherCall)} - {f.name for f in fields(Answer)} == {
-        "round", "seed_id", "stage", "prompt"}
+        "round", "seed_id", "level", "prompt"}
 
 
 def test_a_prompt_samples_the_same_in_any_batch(serve, tmp_path):

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from mathfactory.tasks.core import format, synthesis
+from mathfactory.tasks.core import formatting, synthesis
 from mathfactory.tasks.core.calculator import check_annotations
 from mathfactory.tasks.distill import load_templates
 from mathfactory.tasks.domains import toy
@@ -24,7 +24,7 @@ def test_it_is_an_engine(teacher):
     assert isinstance(teacher, Engine)
 
 
-@pytest.mark.parametrize("stage", toy.STAGE_NAMES)
+@pytest.mark.parametrize("stage", toy.LEVELS)
 def test_math_texts_give_solvable_problems_of_the_stage_about_the_text(teacher, templates, stage):
     for kind, text in toy.corpus(12, 5):
         if kind == "noise":
@@ -35,7 +35,7 @@ def test_math_texts_give_solvable_problems_of_the_stage_about_the_text(teacher, 
         assert solved is not None and str(solved[1]) == out.answer
         item = next(i for i in toy.ITEMS if i in text)
         assert item in out.question  # the seed text shapes the problem
-        spec = next(s for s in toy.STAGES if s.name == stage)
+        spec = next(s for s in toy.BY_LEVEL if s.name == stage)
         assert len(out.steps) >= spec.steps[0]
 
 
@@ -48,9 +48,9 @@ def test_off_topic_prose_only_gives_a_word_counting_riddle_the_solver_cannot_che
 
 def test_solve_prompts_are_answered_by_the_solver(teacher):
     p = toy.generate(1, "train", 0)[0]
-    [[c]] = teacher.generate([format.prompt(p.question)], SamplingParams(temperature=0))
-    assert c.text == format.completion(p.solution) and c.n_tokens == len(c.text.split()) and c.prompt_tokens > 0
-    [[c]] = teacher.generate([format.prompt("What is love?")], SamplingParams(temperature=0))
+    [[c]] = teacher.generate([formatting.prompt(p.question)], SamplingParams(temperature=0))
+    assert c.text == formatting.completion(p.solution) and c.n_tokens == len(c.text.split()) and c.prompt_tokens > 0
+    [[c]] = teacher.generate([formatting.prompt("What is love?")], SamplingParams(temperature=0))
     assert c.text == CANNOT
 
 

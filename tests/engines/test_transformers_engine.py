@@ -2,17 +2,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
-from mathfactory.tasks.core import format
+from mathfactory.tasks.core import formatting
 from mathfactory.tasks.engines.base import Completion, Engine, SamplingParams
 from mathfactory.tasks.engines.transformers_engine import TransformersEngine, sample
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=24)
-UNSEEN = [format.prompt("What is 8 plus 1?"), format.prompt("Sam has 3 pens. How many pens does he have?")]
-LONG = format.prompt("A farmer has " + ", ".join(f"{i} cows in field {i}" for i in range(1, 12)) + ". How many cows?")
+UNSEEN = [formatting.prompt("What is 8 plus 1?"), formatting.prompt("Sam has 3 pens. How many pens does he have?")]
+LONG = formatting.prompt("A farmer has " + ", ".join(f"{i} cows in field {i}" for i in range(1, 12)) + ". How many cows?")
 # Enough rows of spread-out lengths that decode attention splits them into groups with different padding.
-MIXED = [format.prompt(f"Ann has {i} {'big ' * (i % 7)}boxes of {3 * i} pens. How many pens?") for i in range(1, 19)]
+MIXED = [formatting.prompt(f"Ann has {i} {'big ' * (i % 7)}boxes of {3 * i} pens. How many pens?") for i in range(1, 19)]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_greedy_equals_hf_generate_token_for_token(engine, hf_greedy, ends_with_
 def test_a_batch_gives_each_prompt_what_it_gets_alone(tiny_model, engine, ends_with_eos, temperature):
     """Padding, sorting, splitting into batches, grouped attention and dropping finished rows change nothing."""
     prompts = [LONG, *ends_with_eos, *MIXED, *UNSEEN]
-    params = SamplingParams(n=2, temperature=temperature, max_new_tokens=16, stop=format.STOP, seed=5)
+    params = SamplingParams(n=2, temperature=temperature, max_new_tokens=16, stop=formatting.STOP, seed=5)
     alone = [engine.generate([p], params)[0] for p in prompts]
     assert engine.generate(prompts, params) == alone
     assert TransformersEngine(tiny_model.path, batch_size=7).generate(prompts, params) == alone
@@ -106,14 +106,14 @@ def test_eos_ends_a_completion_and_is_counted_but_not_returned(engine, tiny_mode
 
 
 def test_stop_string_cuts_the_text_and_counts_tokens_through_it(engine, runs_on):
-    params = SamplingParams(temperature=0, max_new_tokens=40, stop=format.STOP)
+    params = SamplingParams(temperature=0, max_new_tokens=40, stop=formatting.STOP)
     (c,) = engine.generate([runs_on], params)[0]
     assert c.text == "2 + 3 = 5\n#### 5" and c.finish_reason == "stop"
     # n_tokens: the fewest generated tokens whose text holds the stop string.
     (free,) = engine.generate([runs_on], SamplingParams(temperature=0, max_new_tokens=40))[0]
-    assert free.finish_reason == "length" and free.text.startswith(c.text + format.STOP[0])
+    assert free.finish_reason == "length" and free.text.startswith(c.text + formatting.STOP[0])
     ids = engine.tokenizer(runs_on + free.text).input_ids[len(engine.tokenizer(runs_on).input_ids):]
-    first = next(k for k in range(1, len(ids) + 1) if format.STOP[0] in engine.tokenizer.decode(ids[:k]))
+    first = next(k for k in range(1, len(ids) + 1) if formatting.STOP[0] in engine.tokenizer.decode(ids[:k]))
     assert c.n_tokens == first < params.max_new_tokens
 
 

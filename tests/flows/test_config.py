@@ -21,8 +21,11 @@ def test_run_id_depends_on_data_not_on_where_the_lake_is():
 
 
 def test_overrides_parse_yaml_values_and_pick_the_engine():
-    cfg = load_preset("toy", ["problems.stages=[college, competition]", "sample.temperature=0"])
-    assert cfg.problems.stages == ["college", "competition"] and cfg.sample.temperature == 0
+    cfg = load_preset("toy", ["problems.levels=[college, competition]", "sample.temperature=0"])
+    assert cfg.problems.levels == ["college", "competition"] and cfg.sample.temperature == 0
+    # Names from before schema 4 still load: `stages` for levels, `problems_per_stage`.
+    old = load_preset("toy", ["problems.stages=[college, competition]", "evaluate.problems_per_stage=3"])
+    assert (old.problems.levels, old.evaluate.problems_per_level) == (["college", "competition"], 3)
     assert isinstance(cfg.sample.engine, TransformersOptions)
     assert isinstance(load_preset("toy", ["sample.engine.kind=vllm"]).sample.engine, VLLMOptions)
     served = load_preset("toy", ["sample.engine={kind: openai, base_url: 'http://10.0.0.2:8000/v1', model: m}"])

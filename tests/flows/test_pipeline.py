@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 from mathfactory.flows.cli import app
 from mathfactory.flows.config import load_preset
 from mathfactory.flows.pipeline import pipeline
-from mathfactory.tasks.core.records import REASONS, PreferencePair, Problem, Rollout, SFTExample, Verdict
+from mathfactory.tasks.core.records import (
+    VERDICT_REASONS,
+    PreferencePair,
+    Problem,
+    Rollout,
+    SFTExample,
+    Verdict,
+)
 from mathfactory.tasks.pairs import DATASETS
 from mathfactory.tasks.storage import Lake
 
@@ -44,7 +51,7 @@ def test_every_stage_lands_with_consistent_rows(run):
     assert len({r.rollout_id for r in rollouts}) == len(rollouts)
     # ids follow content and seed, not where the lake is: the policy is named by its run, not its path
     assert {r.policy for r in rollouts} == {f"runs/{run_id}/policy"}
-    assert all(v.reason in REASONS for v in verdicts)
+    assert all(v.reason in VERDICT_REASONS for v in verdicts)
     reasons = stages["verdicts"]["metrics"]["reasons"]
     assert sum(reasons.values()) == len(verdicts)
     assert run_id in output and "verdicts by reason" in output  # the end-of-run report
@@ -120,12 +127,12 @@ def test_the_real_test_sets_flow_through_every_stage(run, shared_data, source):
 
     verdicts = list(lake.read(run_id, "verdicts", Verdict))
     sampled = sum(min(len(rows), cfg.sample.problems_per_split) for rows in expected.values())
-    assert len(verdicts) == sampled * cfg.sample.n and all(v.reason in REASONS for v in verdicts)
+    assert len(verdicts) == sampled * cfg.sample.n and all(v.reason in VERDICT_REASONS for v in verdicts)
     assert all(v.gold == problems[v.problem_id].answer for v in verdicts)
 
     evaluated = lake.stages(run_id)["eval_sft"]["metrics"]
-    assert evaluated["n"] == 8 and set(evaluated["by_stage"]) == {p.stage for p in expected["test"]}
-    assert sum(b["n"] for b in evaluated["by_stage"].values()) == 8
+    assert evaluated["n"] == 8 and set(evaluated["by_level"]) == {p.level for p in expected["test"]}
+    assert sum(b["n"] for b in evaluated["by_level"].values()) == 8
 
 
 METHODS = ["rft", "af_rft", "dpo", "step_dpo", "edit_dpo"]

@@ -37,7 +37,7 @@ def evaluated(lake: Lake, method: str, passed: int, voted: int, n: int = 30, k: 
         "method": method, "model": f"runs/r/{method}", "split": "test", "n": n, "k": k,
         "pass@1": passed / n, "pass@1_ci": list(wilson(passed, n)),
         "maj@k": voted / n, "maj@k_ci": list(wilson(voted, n)),
-        "by_stage": {"middle_school": {"n": n // 2, "pass@1": 0.125, "maj@k": 0.25},
+        "by_level": {"middle_school": {"n": n // 2, "pass@1": 0.125, "maj@k": 0.25},
                      "grade_school": {"n": n // 2, "pass@1": 0.4, "maj@k": 0.5}}})
 
 
@@ -49,7 +49,7 @@ def test_comparison_has_one_row_per_evaluated_method_in_a_fixed_order(tmp_path):
         evaluated(lake, method, passed, voted)
     lake.commit("r", "train_step_dpo", None, metrics={"train_rows": 40})  # trained, not evaluated: no row
     title, headers, rows = comparison(lake, "r")
-    assert headers == ["method", "trained on", "problems", "pass@1", "maj@4", "by stage"]
+    assert headers == ["method", "trained on", "problems", "pass@1", "maj@4", "by level"]
     assert rows == [
         ["sft", "4000", "30", "23.3% (12-41)", "30.0% (17-48)", "40/12"],
         ["rft", "-", "30", "26.7% (14-44)", "26.7% (14-44)", "40/12"],

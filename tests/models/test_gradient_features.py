@@ -28,7 +28,7 @@ PROSE = ("The wind moved slowly over {place}.", "Nobody remembered who had paint
 
 
 def math_pairs(split: str, seed: int, n: int) -> list[dict]:
-    problems = toy.generate(n, split, seed=seed, stages=["grade_school", "middle_school"])
+    problems = toy.generate(n, split, seed=seed, levels=["grade_school", "middle_school"])
     return [{"prompt": INSTRUCTION.format(seed=f"{p.question.split('.')[0]}."),
              "completion": f"{p.question}\n{p.solution}\n"} for p in problems]
 

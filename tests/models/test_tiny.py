@@ -22,7 +22,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def rows():
-    return sft_rows(toy.generate(64, "train", seed=3, stages=["grade_school", "middle_school"]))
+    return sft_rows(toy.generate(64, "train", seed=3, levels=["grade_school", "middle_school"]))
 
 
 @pytest.fixture(scope="module")
