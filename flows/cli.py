@@ -52,6 +52,34 @@ def run(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None,
 
 
 @app.command()
+def experiment(preset: Annotated[str, typer.Option("--preset", "-p", help="Experiment preset or a YAML file.")]
+               = "toy-sweep", lake: LakeOpt = None, sets: Sets = None):
+    """Run a scaling experiment (cells already finished are skipped) and write its HTML report to the lake."""
+    from mathfactory.flows.experiment import experiment as sweep
+    from mathfactory.flows.experiment import load_experiment
+
+    try:
+        cfg = load_experiment(preset, list(sets or []) + ([f"lake={lake}"] if lake else []))
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
+    state = sweep(config=cfg, return_state=True)
+    if not state.is_completed():
+        out.print(f"[red]experiment {cfg.name} {state.name}:[/] {state.message}", highlight=False)
+        raise typer.Exit(1)
+    result = state.result()
+    from mathfactory.flows.experiment_report import tables
+
+    for title, (headers, rows) in tables(result["summary"]).items():
+        table = Table(*headers, title=title)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    out.print(f"report: {result['report']}", highlight=False)
+    for cell, error in result["failed"].items():
+        out.print(f"[yellow]cell {cell} incomplete:[/] {error}", highlight=False)
+
+
+@app.command()
 def config(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None):
     """Print the resolved configuration and the run id it maps to."""
     cfg = _config(preset, lake, sets)
@@ -94,26 +122,11 @@ def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake p
 
 def _show_credit(lk: Lake, run_id: str, n: int) -> None:
     """n credited rollouts, those with a pit first: steps with Q and advantage, the pit marked."""
-    from mathfactory.flows.report import render_credit
-    from mathfactory.tasks.core.steps import split_steps, style_for
-    from mathfactory.tasks.credit import CREDIT
-    from mathfactory.tasks.problems import PROBLEMS
-    from mathfactory.tasks.sample import ROLLOUTS
-    from mathfactory.tasks.stage import Run
+    from mathfactory.flows.report import credit_examples
 
-    run = Run(lake=lk.url, run_id=run_id)
-    rows = collections.defaultdict(list)
-    for r in run.read(CREDIT):
-        rows[r.rollout_id].append(r)
-    chosen = sorted(rows, key=lambda rid: (not any(r.is_pit for r in rows[rid]), rid))[:n]
-    rollouts = {r.rollout_id: r for r in run.read(ROLLOUTS) if r.rollout_id in chosen}
-    sources = {p.problem_id: p.source for p in run.read(PROBLEMS)}
-    style = run.metrics(CREDIT.name).get("style", "auto")  # how the credit stage split the steps
-    for rid in chosen:
-        r = rollouts[rid]
-        steps = split_steps(r.completion, style_for(style, sources.get(r.problem_id, "")))
+    for text in credit_examples(lk, run_id, n):
         out.rule()
-        out.print(render_credit(r, steps, rows[rid]), highlight=False, markup=False)
+        out.print(text, highlight=False, markup=False)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import re
 
 from rich.console import Console
@@ -158,6 +159,27 @@ def render_credit(rollout: Rollout, steps: list[Step], rows: list[StepCredit]) -
         lines.append(f"  step {i:>2} {label:<15} | {first}" + ("  <-- pit" if r and r.is_pit else ""))
         lines += [" " * 26 + "| " + line.strip() for line in rest]  # e.g. the answer line, kept with its step
     return "\n".join(lines)
+
+
+def credit_examples(lake: Lake, run_id: str, n: int) -> list[str]:
+    """n credited rollouts rendered (render_credit), those with a pit first."""
+    from mathfactory.tasks.core.steps import split_steps, style_for
+    from mathfactory.tasks.credit import CREDIT
+    from mathfactory.tasks.problems import PROBLEMS
+    from mathfactory.tasks.sample import ROLLOUTS
+    from mathfactory.tasks.stage import Run
+
+    run = Run(lake=lake.url, run_id=run_id)
+    rows = collections.defaultdict(list)
+    for r in run.read(CREDIT):
+        rows[r.rollout_id].append(r)
+    chosen = sorted(rows, key=lambda rid: (not any(r.is_pit for r in rows[rid]), rid))[:n]
+    rollouts = {r.rollout_id: r for r in run.read(ROLLOUTS) if r.rollout_id in chosen}
+    sources = {p.problem_id: p.source for p in run.read(PROBLEMS)}
+    style = run.metrics(CREDIT.name).get("style", "auto")  # how the credit stage split the steps
+    return [render_credit(rollouts[rid], split_steps(rollouts[rid].completion,
+                                                     style_for(style, sources.get(rollouts[rid].problem_id, ""))),
+                          rows[rid]) for rid in chosen]
 
 
 def _q(r: StepCredit) -> str:

@@ -35,7 +35,8 @@ class EvalConfig(BaseModel):
                                                                                   "problems_per_stage"),
                                            description="First N problems of each education level of "
                                            "the split, in lake order (None: all).")
-    k: int = Field(4, ge=1, description="Sampled completions per problem, voted on for maj@k.")
+    k: int = Field(4, ge=0, description="Sampled completions per problem, voted on for maj@k (0: greedy pass@1 "
+                   "only, half the cost or less).")
     temperature: float = Field(0.8, gt=0, description="Temperature of the k samples (pass@1 decodes greedily).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the k samples.")
     max_new_tokens: int = Field(320, ge=1, description="Generation budget per completion.")
@@ -126,14 +127,14 @@ def _evaluator(method: str):
         problems = list(selected(run.read(PROBLEMS), cfg, shard))
         common = dict(max_new_tokens=cfg.max_new_tokens, stop=formatting.STOP, seed=s)
         greedy = SamplingParams(n=1, temperature=0.0, **common)
-        sampled = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, **common)
-        chunk = max(1, 512 // cfg.k)  # prompts per engine call: engines sort by length within a call
+        sampled = SamplingParams(n=max(cfg.k, 1), temperature=cfg.temperature, top_p=cfg.top_p, **common)
+        chunk = max(1, 512 // max(cfg.k, 1))  # prompts per engine call: engines sort by length within a call
         with run.grading.judge() as judge:
             for i in tqdm(range(0, len(problems), chunk), desc=f"{eval_stage(method)} shard {shard}", disable=None):
                 batch = problems[i : i + chunk]
                 prompts = [formatting.prompt(p.question) for p in batch]
-                outs = [g + c for g, c in zip(engine.generate(prompts, greedy), engine.generate(prompts, sampled),
-                                              strict=True)]
+                samples = engine.generate(prompts, sampled) if cfg.k else [[] for _ in prompts]
+                outs = [g + c for g, c in zip(engine.generate(prompts, greedy), samples, strict=True)]
                 meter.add(tokens=sum(c.n_tokens for cs in outs for c in cs))
                 grades = judge.grade_many((p.answer, c.text) for p, cs in zip(batch, outs, strict=True) for c in cs)
                 for j, (p, cs) in enumerate(zip(batch, outs, strict=True)):

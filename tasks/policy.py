@@ -25,6 +25,10 @@ class PolicyConfig(TinyConfig):
 
     pretrained: str | None = Field(None, description="An existing model directory (path or fsspec URL) to use "
                                    "as the policy instead of training one; the tiny model's fields are then unused.")
+    base: str | None = Field(None, description="A model (directory, fsspec URL or `runs/{run_id}/policy` in this "
+                             "lake) that pi_sft is fine-tuned "
+                             "from by SFT on D_syn, as the paper fine-tunes a pretrained base; its tokenizer and "
+                             "architecture are kept (the size fields are then unused). None: from scratch.")
 
 
 def sft_rows(problems: Iterable[Problem]) -> list[dict[str, str]]:
@@ -32,23 +36,29 @@ def sft_rows(problems: Iterable[Problem]) -> list[dict[str, str]]:
     return [{"prompt": formatting.prompt(p.question), "completion": formatting.completion(p.solution)} for p in problems]
 
 
-def train_scratch(cfg: PolicyConfig, rows: list[dict[str, str]], out_dir: Path) -> dict[str, Any]:
-    """Train a tokenizer and a tiny Llama from scratch on prompt/completion rows; save both to `out_dir`; return
-    metrics. The policy and the embedded default's synthesizer are both made this way."""
+def train_scratch(cfg: TinyConfig, rows: list[dict[str, str]], out_dir: Path, base: str | None = None
+                  ) -> dict[str, Any]:
+    """Train a tokenizer and a tiny Llama from scratch (or continue the model in the local directory `base`) on
+    prompt/completion rows; save both to `out_dir`; return metrics. The policy and the embedded default's
+    synthesizer are both made this way."""
     from mathfactory.tasks.models import tiny  # torch/transformers load only when a model is trained
 
     if len(rows) < cfg.batch_size:
-        raise ValueError(f"SFT from scratch needs at least one batch of {cfg.batch_size} rows, got {len(rows)} "
-                         "training rows")
-    tokenizer = tiny.train_tokenizer((r["prompt"] + r["completion"] for r in rows), cfg.vocab_size)
-    model = tiny.init_model(tokenizer, cfg)
+        raise ValueError(f"SFT {'from ' + base if base else 'from scratch'} needs at least one batch of "
+                         f"{cfg.batch_size} rows, got {len(rows)} training rows")
+    if base:
+        model, tokenizer = tiny.load(base)
+    else:
+        tokenizer = tiny.train_tokenizer((r["prompt"] + r["completion"] for r in rows), cfg.vocab_size)
+        model = tiny.init_model(tokenizer, cfg)
     metrics = tiny.sft(model, tokenizer, rows, cfg, Path(out_dir))
     return {**metrics, "vocab": len(tokenizer)}
 
 
-def train_policy(cfg: PolicyConfig, problems: Iterable[Problem], out_dir: Path) -> dict[str, Any]:
-    """pi_sft: SFT from scratch on the problems' reference solutions."""
-    return train_scratch(cfg, sft_rows(problems), out_dir)
+def train_policy(cfg: PolicyConfig, problems: Iterable[Problem], out_dir: Path, base: str | None = None
+                 ) -> dict[str, Any]:
+    """pi_sft: SFT on the problems' reference solutions, from scratch or from the local model `base`."""
+    return train_scratch(cfg, sft_rows(problems), out_dir, base)
 
 
 def policy(cfg: PolicyConfig, run: Run, out_dir: Path) -> dict[str, Any]:
@@ -61,7 +71,9 @@ def policy(cfg: PolicyConfig, run: Run, out_dir: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mathfactory-policy-") as tmp:
         # The one training entry point, in its own process like every trainer (tasks/trainer.py).
         data = write_rows(Path(tmp) / "problems.jsonl", sft_rows(problems))
-        return launch(TrainJob("scratch", data, str(out_dir), run.uri(PROBLEMS.name), args=cfg.model_dump(mode="json")))
+        base = str(run.store.model(cfg.base)) if cfg.base else None
+        return {**launch(TrainJob("scratch", data, str(out_dir), run.uri(PROBLEMS.name), base,
+                                  args=cfg.model_dump(mode="json"))), **({"base": cfg.base} if cfg.base else {})}
 
 
 POLICY = StageSpec("policy", None, PolicyConfig, policy, reads=(PROBLEMS.name,))

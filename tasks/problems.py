@@ -27,13 +27,15 @@ class ProblemsConfig(BaseModel):
     n_test: int | None = Field(250, ge=0, description="Held-out test problems (None: all the source has).")
     levels: list[str] = Field(list(toy.LEVELS), validation_alias=AliasChoices("levels", "stages"),
                               description="Toy education levels, cycled evenly (`stages` before schema 4).")
+    seed: int | None = Field(None, description="Seed of the toy problem pool (None: the run's seed). An experiment "
+                             "fixes it, so cells that differ in seed share their problems and held-out set.")
     path: str | None = Field(None, description="GSM8K/MATH500 folder or file (path or fsspec URL); None: ../shared/data.")
     files: list[str] = Field([], description="source=files: JSONL/Parquet files of GSM8K-format rows "
                                              "(question, answer with `#### N`), all taken as train problems.")
 
 
 def _source(cfg: ProblemsConfig, split: str, run: Run):
-    n, seed = {"train": cfg.n_train, "test": cfg.n_test}[split], run.seed
+    n, seed = {"train": cfg.n_train, "test": cfg.n_test}[split], run.seed if cfg.seed is None else cfg.seed
     if cfg.source == "synthesizer":
         if split == "train":
             return itertools.islice(run.read(SYNTHESIZED), n)

@@ -312,6 +312,14 @@ class Lake:
             raise DataError(f"{self.uri(run_id, stage)}: no {MARKER}; the model has not finished")
         return fetch_dir(self.fs.unstrip_protocol(f"{self.stage_path(run_id, stage)}/model"), **self.storage_options)
 
+    def model(self, ref: str) -> Path:
+        """A local model directory by reference: `runs/{run_id}/{stage}` in this lake (how runs name the models
+        they trained, so a config that names one does not depend on where the lake is), else a path or URL."""
+        parts = ref.split("/")
+        if len(parts) == 3 and parts[0] == "runs" and "://" not in ref:
+            return self.local_dir(parts[1], parts[2])
+        return fetch_dir(ref)
+
     # -- small JSON documents (the nightly refresh's watermark) -----------------------------------------
 
     def read_state(self, key: str) -> dict | None:
@@ -326,6 +334,18 @@ class Lake:
         """Replace `{lake}/state/{key}.json` whole: a reader sees the old document or the new one."""
         data = json.dumps(value, indent=2, sort_keys=True).encode()
         _atomic_write(self.fs, f"{self.root}/state/{key}.json", lambda f: f.write(data))
+
+    def write_file(self, path: str, data: bytes) -> str:
+        """`{lake}/{path}` (an experiment's report, its figures) whole or not at all; returns its URL."""
+        _atomic_write(self.fs, f"{self.root}/{path}", lambda f: f.write(data))
+        return self.fs.unstrip_protocol(f"{self.root}/{path}")
+
+    def read_file(self, path: str) -> bytes | None:
+        try:
+            with self.fs.open(f"{self.root}/{path}", "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     def request_cache(self, name: str) -> RequestCache:
         """The cache `{lake}/cache/{name}`, shared by every run in the lake: the same request is the same request."""

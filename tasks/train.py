@@ -19,7 +19,6 @@ from mathfactory.tasks.core.methods import TRAINED
 from mathfactory.tasks.pairs import SETS
 from mathfactory.tasks.policy import POLICY, policy_dir, policy_ref
 from mathfactory.tasks.stage import Run, StageSpec
-from mathfactory.tasks.storage import fetch_dir
 from mathfactory.tasks.trainer import TrainJob, check_size, launch, recipe, write_rows
 
 STAGE_PREFIX = "train_"
@@ -36,8 +35,9 @@ class TrainConfig(BaseModel):
         "step_cut", description="Per-step pairs: the incorrect solution cut after its first pit (Setlur et al.), "
         "the prefix before the pit with a good vs the pit step (Self-Explore), or both.")
     base: str | None = Field(None, description="The model RFT-family methods start from, as in the paper (a base "
-                             "model directory or URL). None: pi_sft; on the embedded default the base is a random "
-                             "init that cannot learn from a few dozen rows.")
+                             "model directory or URL), training on D_syn plus their own set. None: pi_sft, on "
+                             "their set alone; on the embedded default the base is a random init that cannot learn "
+                             "from a few dozen rows.")
     trl_args: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per method, trl.SFTConfig / DPOConfig keywords that override its "
         "recipe (tasks/recipes/{sft,dpo}.yaml), passed through verbatim.")
@@ -66,15 +66,17 @@ def trl_args(cfg: TrainConfig, method: str, seed: int) -> dict[str, Any]:
 def _trainer(method: str):
     def train(cfg: TrainConfig, run: Run, out_dir: Path) -> dict[str, Any]:
         """The method's dataset(s) -> a model directory, with its metrics."""
-        names, args = datasets_for(cfg, method), trl_args(cfg, method, run.seed)
+        trainer = methods.method(method).trainer
+        from_base = trainer == "sft" and cfg.base
+        # From the base, RFT is SFT on D_syn plus the positives (the paper's D_syn u D+), not the positives alone.
+        names = ("sft",) * bool(from_base) + datasets_for(cfg, method)
+        args = trl_args(cfg, method, run.seed)
         rows = [asdict(r) for ds in names for r in run.read(SETS[ds])]
         uris = [run.uri(ds) for ds in names]
         # Checked here too, so a set that is too small fails before a process starts (TRL's default batch is 8).
         check_size(" + ".join(uris), len(rows), args.get("per_device_train_batch_size", 8)
                    * args.get("gradient_accumulation_steps", 1) * cfg.num_processes)
-        trainer = methods.method(method).trainer
-        from_base = trainer == "sft" and cfg.base
-        init = fetch_dir(cfg.base) if from_base else policy_dir(run)
+        init = run.store.model(cfg.base) if from_base else policy_dir(run)
         with tempfile.TemporaryDirectory(prefix=f"mathfactory-{method}-") as tmp:
             job = TrainJob(trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(out_dir), " + ".join(uris),
                            str(init), args)

@@ -122,7 +122,7 @@ def train(spec: TrainJob) -> dict[str, Any]:
     if spec.trainer == "scratch":
         from mathfactory.tasks.policy import PolicyConfig, train_scratch
 
-        return train_scratch(PolicyConfig.model_validate(spec.args), rows, out)
+        return train_scratch(PolicyConfig.model_validate(spec.args), rows, out, spec.init)
     if spec.trainer not in TRAINERS:
         raise ValueError(f"unknown trainer {spec.trainer!r}; valid: {', '.join(TRAINERS)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback

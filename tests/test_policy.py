@@ -76,3 +76,16 @@ def test_a_pretrained_path_that_is_not_a_model_is_named_with_what_is_missing(tmp
         check_model_dir(tmp_path / "model", "policy.pretrained", str(tmp_path / "model"), CONFIG_AND_TOKENIZER)
     (tmp_path / "model" / "tokenizer.json").write_text("{}")
     check_model_dir(tmp_path / "model", "policy.pretrained", str(tmp_path / "model"), CONFIG_AND_TOKENIZER)
+
+
+def test_pi_sft_from_a_base_keeps_its_tokenizer_and_starts_from_its_weights(problems, tmp_path):
+    base = train_policy(PolicyConfig(**TINY), problems[:32], tmp_path / "base")
+    # The size fields are the base's, whatever the config says: the model is continued, not re-made.
+    tuned = train_policy(PolicyConfig(**{**TINY, "hidden_size": 64}), problems[32:], tmp_path / "tuned",
+                         base=str(tmp_path / "base"))
+    assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (tmp_path / "base" / "tokenizer.json").read_text()
+    assert tuned["params"] == base["params"] and tuned["train_rows"] == 32
+    # It starts where the base ended, not from a fresh init (whose first loss is the base's first loss).
+    assert tuned["first_loss"] < base["first_loss"]
+    with pytest.raises(ValueError, match="from .*base.* needs at least one batch"):
+        train_policy(PolicyConfig(**TINY), problems[:3], tmp_path / "x", base=str(tmp_path / "base"))

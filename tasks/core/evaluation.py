@@ -71,12 +71,13 @@ def summarize(rows: Iterable[EvalResult]) -> dict:
         "k": rows[0].k if rows else None,
         "pass@1": _rate(greedy, len(rows)),
         "pass@1_ci": _ci(greedy, len(rows)),
-        "maj@k": _rate(major, len(rows)),
-        "maj@k_ci": _ci(major, len(rows)),
+        # k = 0 (greedy only): there was no vote, so maj@k is unknown, not 0.
+        "maj@k": _rate(major, len(rows)) if samples else None,
+        "maj@k_ci": _ci(major, len(rows)) if samples else None,
         "sampled_accuracy": _rate(sum(r.n_sampled_correct for r in rows), samples),
         "by_level": {
             level: {"n": len(group), "pass@1": _rate(sum(r.greedy_correct for r in group), len(group)),
-                    "maj@k": _rate(sum(r.majority_correct for r in group), len(group))}
+                    "maj@k": _rate(sum(r.majority_correct for r in group), len(group)) if samples else None}
             for level, group in levels.items()
         },
     }

@@ -73,6 +73,11 @@ def init_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyConfig) -> LlamaForC
     return model
 
 
+def load(path: str | Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A saved tiny model and its tokenizer, to continue training (a base that pi_sft is fine-tuned from)."""
+    return LlamaForCausalLM.from_pretrained(path), PreTrainedTokenizerFast.from_pretrained(path)
+
+
 class LengthBatches(torch.utils.data.Sampler):
     """Batches of rows of near-equal length, in random order: little padding, and no stage runs in a streak.
 
@@ -164,7 +169,7 @@ def build_trainer(
         "data_seed": cfg.seed,
         "max_length": cfg.max_length,
         "completion_only_loss": True,
-        "logging_steps": max(1, cfg.max_steps // 20),
+        "logging_steps": 0.05,  # a ratio: 20 losses over however many steps (trl_args may set epochs instead)
     }
     # trl_args are SFTConfig keywords passed through verbatim; they win over the defaults above.
     sft_config = SFTConfig(**{**args, **cfg.trl_args})

@@ -142,3 +142,15 @@ def test_too_few_rows_is_refused_with_the_count(tok, rows, tmp_path, n):
     cfg = PolicyConfig(**TINY)
     with pytest.raises(ValueError, match=f"got {n} training rows"):
         tiny.sft(tiny.init_model(tok, cfg), tok, rows[:n], cfg, tmp_path)
+
+
+def test_completion_nll_is_the_sft_loss_of_each_row(trained, tok, rows):
+    from mathfactory.tasks.models.likelihood import completion_nll
+
+    out, _ = trained
+    model = AutoModelForCausalLM.from_pretrained(out)
+    nll = completion_nll(out, rows[:4])
+    assert nll == pytest.approx([completion_loss(model, tok, [r]) for r in rows[:4]], rel=1e-4)
+    # The completions it was trained on are likelier than the same completions reversed.
+    shuffled = [{"prompt": r["prompt"], "completion": r["completion"][::-1]} for r in rows[:4]]
+    assert max(nll) < min(completion_nll(out, shuffled))

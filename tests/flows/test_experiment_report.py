@@ -1,0 +1,60 @@
+"""The experiment report from summaries built on synthetic results: which tables a size sweep and a checkpoint
+sweep get, and that their numbers are the fit's."""
+
+import json
+
+import numpy as np
+import pydantic
+import pytest
+
+from mathfactory.flows.experiment import ExperimentConfig, cell_config
+from mathfactory.flows.experiment_report import render, scaling_png, tables
+from mathfactory.tasks.core.scaling import bootstrap
+
+
+def _summary(axis: str, values: list[int]) -> dict:
+    rng = np.random.default_rng(0)
+    hard = rng.random(200)
+    results = {m: {(v, s): hard < 0.2 + 0.1 * i + lift for i, v in enumerate(values) for s in (0, 1)}
+               for m, lift in (("sft", 0.0), ("step_dpo", 0.1))}
+    cfg = {"sizes": values, "seeds": [0, 1], "axis": axis, "sft_steps": values, "multiplier_at": None}
+    summary = {"name": "t", "config": cfg, "base": None, "failed": {}, "problems": 200, "partial": [],
+               "runs": {f"{v}/{s}": f"r{v}{s}" for v in values for s in (0, 1)}, "methods": ["sft", "step_dpo"],
+               "cells": {f"{v}/{s}": {"policy": {"seconds": 60.0, "tokens": 0}, "continuations": 10}
+                         for v in values for s in (0, 1)},
+               "fit": bootstrap(results, values, n_boot=100)}
+    return json.loads(json.dumps(summary))
+
+
+def test_a_size_sweep_reports_exponents_multipliers_and_paired_gains():
+    summary = _summary("size", [64, 128, 256])
+    t = tables(summary)
+    assert any("exponent" in title for title in t) and any("multipliers" in title for title in t)
+    gains = next(rows for title, (_, rows) in t.items() if title.startswith("Paired gain"))
+    # step_dpo solves every problem sft solves plus those in a band of difficulty: its gain is that band's share
+    hard = np.random.default_rng(0).random(200)
+    expected = [100 * np.mean((hard >= 0.2 + 0.1 * i) & (hard < 0.3 + 0.1 * i)) for i in range(3)]
+    assert [g[0] for g in gains] == ["step_dpo"]
+    assert [float(c.split()[0]) for c in gains[0][1:]] == pytest.approx(expected)
+    assert scaling_png(summary).startswith(b"\x89PNG")
+
+
+def test_a_checkpoint_sweep_reports_the_critical_step_not_a_power_law():
+    summary = _summary("sft_steps", [100, 400])
+    summary["checkpoints"] = {"100/0": {"steps": 100, "losses": [2.0, 1.5], "q1": 0.25, "q1_n": 40, "pits": 30,
+                                        "pit_at_1": 27}}
+    t = tables(summary)
+    assert not any("exponent" in title or "multipliers" in title for title in t)
+    crit = next(rows for title, (_, rows) in t.items() if "critical step" in title)
+    assert crit == [["100/0", "1.500", "0.25", "40", "30", "27"]]
+    assert "SFT steps 100" in render(summary, {})
+
+
+def test_an_axis_needs_its_values():
+    with pytest.raises(pydantic.ValidationError, match="at least 2 distinct sizes"):
+        ExperimentConfig(sizes=[64, 64])
+    with pytest.raises(pydantic.ValidationError, match="one size and at least 2 distinct sft_steps"):
+        ExperimentConfig(axis="sft_steps", sizes=[64, 128], sft_steps=[10, 20])
+    cfg = ExperimentConfig(preset="toy", axis="sft_steps", sizes=[64], sft_steps=[10, 20])
+    cell = cell_config(cfg, 20, 1, None)
+    assert (cell.policy.max_steps, cell.problems.n_train, cell.credit.problems, cell.seed) == (20, 64, 64, 1)
