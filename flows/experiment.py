@@ -110,7 +110,8 @@ def cell_config(cfg: ExperimentConfig, value: int, seed: int, base: str | None) 
     """One cell (`value` on the axis): the first |D_syn| train problems of the pool are D_syn, sampled, credited
     and paired whole."""
     size = value if cfg.axis == "size" else cfg.sizes[0]
-    cell = [f"name={cfg.name}", f"seed={seed}", f"problems.n_train={size}", f"sample.problems_per_split={size}",
+    # The seed is the run's (sampling, DPO, RFT) and pi_sft's own (its data order; its init too without a base).
+    cell = [f"name={cfg.name}", f"seed={seed}", f"policy.seed={seed}", f"problems.n_train={size}", f"sample.problems_per_split={size}",
             "sample.splits=[train]", f"credit.problems={size}"]
     if cfg.axis == "sft_steps":
         cell.append(f"policy.max_steps={value}")
