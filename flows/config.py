@@ -82,11 +82,23 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
+def preset_file(folder: Path, name: str, what: str = "preset") -> Path:
+    """A preset by name in `folder`, or a YAML file path; an unknown name is refused with the valid ones."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ConfigError(f"{what}: unknown preset {name!r}; valid: {known} or a .yaml path")
+    return path
+
+
+def field_errors(e: ValidationError) -> str:
+    """`section.field: why` for each field pydantic refused."""
+    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+
+
 def load_preset(name: str, overrides: list[str] = ()) -> FactoryConfig:
     """A preset by name (or a YAML file path), with `section.field=value` overrides applied on top."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"preset: unknown preset {name!r}; valid: {', '.join(preset_names())} or a .yaml path")
+    path = preset_file(PRESETS, name)
     data = yaml.safe_load(path.read_text()) or {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -102,5 +114,4 @@ def load_preset(name: str, overrides: list[str] = ()) -> FactoryConfig:
     try:
         return FactoryConfig.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"config from {path.name}: {problems}") from None
+        raise ConfigError(f"config from {path.name}: {field_errors(e)}") from None

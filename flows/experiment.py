@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mathfactory.flows.config import ConfigError, FactoryConfig, load_preset
+from mathfactory.flows.config import ConfigError, FactoryConfig, field_errors, load_preset, preset_file
 from mathfactory.flows.executor import execute
 from mathfactory.flows.pipeline import pipeline
 from mathfactory.tasks.core import scaling
@@ -76,10 +76,7 @@ class ExperimentConfig(BaseModel):
 
 def load_experiment(name: str, overrides: list[str] = ()) -> ExperimentConfig:
     """An experiment preset by name (flows/presets/experiments) or .yaml path, with `field=value` overrides."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else EXPERIMENTS / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
-        raise ConfigError(f"experiment: unknown preset {name!r}; valid: {known} or a .yaml path")
+    path = preset_file(EXPERIMENTS, name, "experiment")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -92,8 +89,7 @@ def load_experiment(name: str, overrides: list[str] = ()) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"experiment {path.name}: " + "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+        raise ConfigError(f"experiment {path.name}: {field_errors(e)}") from None
 
 
 def _factory(cfg: ExperimentConfig, overrides: list[str]) -> FactoryConfig:
@@ -111,8 +107,8 @@ def cell_config(cfg: ExperimentConfig, value: int, seed: int, base: str | None) 
     and paired whole."""
     size = value if cfg.axis == "size" else cfg.sizes[0]
     # The seed is the run's (sampling, DPO, RFT) and pi_sft's own (its data order; its init too without a base).
-    cell = [f"name={cfg.name}", f"seed={seed}", f"policy.seed={seed}", f"problems.n_train={size}", f"sample.problems_per_split={size}",
-            "sample.splits=[train]", f"credit.problems={size}"]
+    cell = [f"name={cfg.name}", f"seed={seed}", f"policy.seed={seed}", f"problems.n_train={size}",
+            f"sample.problems_per_split={size}", "sample.splits=[train]", f"credit.problems={size}"]
     if cfg.axis == "sft_steps":
         cell.append(f"policy.max_steps={value}")
     if base:
