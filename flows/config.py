@@ -93,7 +93,9 @@ def preset_file(folder: Path, name: str, what: str = "preset") -> Path:
 
 def field_errors(e: ValidationError) -> str:
     """`section.field: why` for each field pydantic refused."""
-    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+    # A whole-model check has no field; pydantic prefixes its message with "Value error, ".
+    return "; ".join((f"{'.'.join(map(str, err['loc']))}: " if err["loc"] else "")
+                     + err["msg"].removeprefix("Value error, ") for err in e.errors())
 
 
 def load_preset(name: str, overrides: list[str] = ()) -> FactoryConfig:
