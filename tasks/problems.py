@@ -1,5 +1,5 @@
-"""Stage `problems`: a problem source (toy teacher, GSM8K, MATH500, files, the synthesizer) -> Problem dataset with
-train/test splits."""
+"""Stage `problems`: a problem source (toy teacher, star graphs, GSM8K, MATH500, files, the synthesizer) -> Problem
+dataset with train/test splits."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import itertools
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from mathfactory.tasks.core.records import Problem, Quarantined
-from mathfactory.tasks.domains import toy
+from mathfactory.tasks.domains import stargraph, toy
 from mathfactory.tasks.gate import SYNTHESIZED
 from mathfactory.tasks.stage import Meter, Run, StageSpec
 
@@ -18,20 +18,30 @@ from mathfactory.tasks.stage import Meter, Run, StageSpec
 class ProblemsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: Literal["toy", "gsm8k", "math500", "files", "synthesizer"] = Field(
-        "toy", description="Where problems come from: the toy teacher directly, GSM8K, MATH500, your files, or "
-        "the synthesis path (train problems written by the trained synthesizer; see `synthesis`).")
+    source: Literal["toy", "stargraph", "gsm8k", "math500", "files", "synthesizer"] = Field(
+        "toy", description="Where problems come from: the toy teacher directly, path-star graphs (the first-move "
+        "didactic), GSM8K, MATH500, your files, or the synthesis path (train problems written by the trained "
+        "synthesizer; see `synthesis`).")
     test_source: Literal["toy", "gsm8k", "math500"] = Field("toy", description="source=synthesizer: where the "
                                                             "held-out test problems come from.")
     n_train: int | None = Field(4000, ge=0, description="Train problems (None: all the source has).")
     n_test: int | None = Field(250, ge=0, description="Held-out test problems (None: all the source has).")
     levels: list[str] = Field(list(toy.LEVELS), validation_alias=AliasChoices("levels", "stages"),
-                              description="Toy education levels, cycled evenly (`stages` before schema 4).")
+                              description="Levels, cycled evenly: toy education levels (`stages` before schema "
+                              "4), or for source=stargraph graph shapes d{degree}-l{length} such as d2-l5.")
     seed: int | None = Field(None, description="Seed of the toy problem pool (None: the run's seed). An experiment "
                              "fixes it, so cells that differ in seed share their problems and held-out set.")
     path: str | None = Field(None, description="GSM8K/MATH500 folder or file (path or fsspec URL); None: ../shared/data.")
     files: list[str] = Field([], description="source=files: JSONL/Parquet files of GSM8K-format rows "
                                              "(question, answer with `#### N`), all taken as train problems.")
+
+    @model_validator(mode="after")
+    def _star_graph_levels(self) -> ProblemsConfig:
+        # Here, not at generation: `levels` defaults to the toy's, and a forgotten override should fail at once.
+        if self.source == "stargraph":
+            for name in self.levels:
+                stargraph.parse_level(name)
+        return self
 
 
 def _source(cfg: ProblemsConfig, split: str, run: Run):
@@ -42,6 +52,8 @@ def _source(cfg: ProblemsConfig, split: str, run: Run):
         return _source(cfg.model_copy(update={"source": cfg.test_source}), split, run)
     if cfg.source == "toy":
         return toy.generate(n or 0, split, seed, cfg.levels)
+    if cfg.source == "stargraph":
+        return stargraph.generate(n or 0, split, seed, cfg.levels)
     if cfg.source == "files":
         from mathfactory.tasks.domains import gsm8k
 

@@ -1,4 +1,5 @@
-"""Gold answer + completion text -> Grade: answer extraction and the numeric fast path (LaTeX goes to the judge)."""
+"""Gold answer + completion text -> Grade: answer extraction and the fast paths, numbers and star-graph paths (LaTeX
+goes to the judge)."""
 
 from __future__ import annotations
 
@@ -207,14 +208,47 @@ def answer_key(answer: str) -> str:
     return str(value) if value is not None else "".join(answer.split())
 
 
+# --- paths ------------------------------------------------------------------------------------------------
+
+# Star-graph answers (tasks/domains/stargraph.py) are paths of node labels, `3>12>7>41`. They are compared node by
+# node here and never reach math-verify, which would read them as a chain of inequalities.
+_PATH = re.compile(r"[0-9]+(?:\s*>\s*[0-9]+)*")
+
+
+def parse_path(answer: str) -> tuple[str, ...] | None:
+    """The node labels of a path answer (`3>12>7`; spaces around `>` allowed; one label is a path of one node),
+    or None if it is not one. Labels stay strings: `03` is not the node `3`, as answer_key agrees."""
+    s = answer.strip()
+    return tuple(n.strip() for n in s.split(">")) if _PATH.fullmatch(s) else None
+
+
+def is_path_answer(gold: str) -> bool:
+    """A gold answer that is a path: three nodes or more, as every star-graph path has (arms of >= 2 nodes), so a
+    lone number stays a number and a numeric inequality like `3>2` still goes to the judge."""
+    nodes = parse_path(gold)
+    return nodes is not None and len(nodes) >= 3
+
+
+def grade_path(gold: str, predicted: str) -> tuple[bool, str]:
+    """(correct, reason) of a predicted path against a gold one: equal node by node, else `wrong`; `unparseable`
+    when the prediction is not a path at all (`3>>12`, `3>12>`, prose)."""
+    nodes = parse_path(predicted)
+    if nodes is None:
+        return False, "unparseable"
+    return (True, "correct") if nodes == parse_path(gold) else (False, "wrong")
+
+
 def grade_fast(gold: str, completion: str, max_answer_chars: int = MAX_ANSWER_CHARS) -> Grade | None:
-    """The full Grade when no LaTeX judge is needed (no answer, oversized answer, both plain numbers), else None."""
+    """The full Grade when no LaTeX judge is needed (no answer, oversized answer, a path gold, both plain numbers),
+    else None."""
     calc_errors = check_annotations(completion)[1]
     predicted = extract_answer(completion)
     if predicted is None:
         return Grade(False, "no_answer", None, calc_errors)
     if len(predicted) > max_answer_chars or len(gold) > max_answer_chars or not gold.strip():
         return Grade(False, "unparseable", predicted[:max_answer_chars], calc_errors)
+    if is_path_answer(gold):
+        return Grade(*grade_path(gold, predicted), predicted, calc_errors)
     same = grade_numeric(gold, predicted)
     if same is None:
         if _nesting(predicted) > MAX_NESTING or _nesting(gold) > MAX_NESTING:

@@ -30,7 +30,7 @@ def derive_seed(*parts: object) -> int:
 @dataclass(frozen=True)
 class Problem:
     problem_id: str
-    source: str  # toy | gsm8k | math500 | synth
+    source: str  # toy | stargraph | gsm8k | math500 | synth
     split: str  # train | test
     level: str  # education level (toy; JiuZhang3.0's education stage), steps (GSM8K), level/subject (MATH)
     question: str

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mathfactory.tasks.core.records import Problem, stable_id
+from mathfactory.tasks.domains import distinct
 
 
 @dataclass(frozen=True)
@@ -119,27 +120,19 @@ def split_of(question: str) -> str:
 
 def generate(n: int, split: str, seed: int, levels: Sequence[str] = LEVELS) -> list[Problem]:
     """`n` distinct problems of `split`, cycling through `levels`; the same arguments give the same problems."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     by_name = {s.name: s for s in BY_LEVEL}
     unknown = [s for s in levels if s not in by_name]
     if unknown:
         raise ValueError(f"unknown toy level(s) {unknown}; valid: {list(by_name)}")
     rng = random.Random(f"toy-{seed}-{split}")
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(problems) < n:
-        attempts += 1
-        if attempts > 200 * n + 1000:
-            raise ValueError(f"could not find {n} distinct {split} problems for levels {list(levels)}")
-        level = by_name[levels[len(problems) % len(levels)]]
+
+    def candidate(i: int) -> Problem:
+        level = by_name[levels[i % len(levels)]]
         question, solution, answer = make_problem(rng, level)
-        if question in seen or split_of(question) != split:
-            continue
-        seen.add(question)
-        problems.append(Problem(stable_id("toy", question), "toy", split, level.name, question, solution, str(answer)))
-    return problems
+        return Problem(stable_id("toy", question), "toy", split_of(question), level.name, question, solution,
+                       str(answer))
+
+    return distinct(n, split, candidate, f"problems for levels {list(levels)}")
 
 
 # -- seed texts and a solver: what the toy teacher reads and how it checks a problem -------------------------
