@@ -103,14 +103,14 @@ def base_config(cfg: ExperimentConfig) -> FactoryConfig:
 
 
 def cell_config(cfg: ExperimentConfig, value: int, seed: int, base: str | None) -> FactoryConfig:
-    """One cell (`value` on the axis): the first |D_syn| train problems of the pool are D_syn, sampled, credited
-    and paired whole."""
-    size = value if cfg.axis == "size" else cfg.sizes[0]
+    """One cell (`value` on the axis): the first |D_syn| train problems of the pool are D_syn; a size sweep samples,
+    credits and pairs them whole, a sft_steps sweep as much of them as the preset says."""
     # The seed is the run's (sampling, DPO, RFT) and pi_sft's own (its data order; its init too without a base).
-    cell = [f"name={cfg.name}", f"seed={seed}", f"policy.seed={seed}", f"problems.n_train={size}",
-            f"sample.problems_per_split={size}", "sample.splits=[train]", f"credit.problems={size}"]
-    if cfg.axis == "sft_steps":
-        cell.append(f"policy.max_steps={value}")
+    cell = [f"name={cfg.name}", f"seed={seed}", f"policy.seed={seed}", "sample.splits=[train]"]
+    if cfg.axis == "size":
+        cell += [f"problems.n_train={value}", f"sample.problems_per_split={value}", f"credit.problems={value}"]
+    else:  # one D_syn; how many of its problems are sampled and credited is the preset's to say
+        cell += [f"problems.n_train={cfg.sizes[0]}", f"policy.max_steps={value}"]
     if base:
         cell += [f"policy.base={base}", f"train.base={base}"]
     return _factory(cfg, [*cfg.overrides, f"problems.seed={cfg.pool_seed}", *cell])

@@ -31,9 +31,6 @@ class TrainConfig(BaseModel):
     methods: list[Trained] = Field(["rft", "af_rft", "dpo", "step_dpo"],
                                   description="Models to train after pi_sft, each on its own dataset; each is "
                                   "evaluated beside pi_sft.")
-    step_dpo_pairs: Literal["step_cut", "step_prefix", "both"] = Field(
-        "step_cut", description="Per-step pairs: the incorrect solution cut after its first pit (Setlur et al.), "
-        "the prefix before the pit with a good vs the pit step (Self-Explore), or both.")
     base: str | None = Field(None, description="The model RFT-family methods start from, as in the paper (a base "
                              "model directory or URL), training on D_syn plus their own set. None: pi_sft, on "
                              "their set alone; on the embedded default the base is a random init that cannot learn "
@@ -52,11 +49,6 @@ def stage_name(method: str) -> str:
     return f"{STAGE_PREFIX}{method}"
 
 
-def datasets_for(cfg: TrainConfig, method: str) -> tuple[str, ...]:
-    stage_name(method)
-    return methods.datasets_for(method, cfg.step_dpo_pairs)
-
-
 def trl_args(cfg: TrainConfig, method: str, seed: int) -> dict[str, Any]:
     """Recipe, then the run's seed, then the config's overrides for `method`."""
     return {**recipe(methods.method(method).trainer), "seed": seed, "data_seed": seed,
@@ -69,7 +61,7 @@ def _trainer(method: str):
         trainer = methods.method(method).trainer
         from_base = trainer == "sft" and cfg.base
         # From the base, RFT is SFT on D_syn plus the positives (the paper's D_syn u D+), not the positives alone.
-        names = ("sft",) * bool(from_base) + datasets_for(cfg, method)
+        names = ("sft",) * bool(from_base) + methods.datasets_for(method)
         args = trl_args(cfg, method, run.seed)
         rows = [asdict(r) for ds in names for r in run.read(SETS[ds])]
         uris = [run.uri(ds) for ds in names]
@@ -88,7 +80,7 @@ def _trainer(method: str):
 
 def _identity(method: str):
     return lambda cfg: {"method": method, "args": trl_args(cfg, method, 0), "base": cfg.base,
-                        "pairs": datasets_for(cfg, method)}
+                        "pairs": methods.datasets_for(method)}
 
 
 SPECS = {stage_name(m): StageSpec(stage_name(m), None, TrainConfig, _trainer(m), identity=_identity(m),

@@ -8,13 +8,13 @@ import pytest
 from support import TINY_MODEL, toy_training_sets
 
 from mathfactory.tasks import trainer
-from mathfactory.tasks.core.methods import TRAINED
+from mathfactory.tasks.core.methods import TRAINED, datasets_for
 from mathfactory.tasks.core.records import PreferencePair, Problem, SFTExample
 from mathfactory.tasks.domains import toy
 from mathfactory.tasks.policy import POLICY, PolicyConfig, policy_dir
 from mathfactory.tasks.stage import Run, build
 from mathfactory.tasks.storage import Lake
-from mathfactory.tasks.train import SPECS, TrainConfig, datasets_for, stage_name
+from mathfactory.tasks.train import SPECS, TrainConfig, stage_name
 
 RUN = "train-test"
 TINY = {**TINY_MODEL, "max_steps": 60}
@@ -66,7 +66,7 @@ def test_each_method_trains_from_lake_datasets(lake, method):
     marker = lake.marker(RUN, stage_name(method))
     m = marker["metrics"]
     assert m["method"] == method and m["steps"] == 2 and m["train_rows"] == 64
-    assert m["datasets"] == [lake.uri(RUN, d) for d in datasets_for(cfg, method)]
+    assert m["datasets"] == [lake.uri(RUN, d) for d in datasets_for(method)]
     assert m["init"] == f"runs/{RUN}/policy" and m["train_tokens_per_s"] > 0
     model = lake.local_dir(RUN, stage_name(method))
     trainer.check_model_dir(model)  # a complete model directory: what evaluation loads

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Method:
     name: str
     trainer: str | None  # sft | dpo; None: pi_sft, the policy stage
-    datasets: tuple[str, ...]  # the sets it trains on (step_dpo: as train.step_dpo_pairs says)
+    datasets: tuple[str, ...]  # the sets it trains on
     about: str
 
 
@@ -24,12 +24,13 @@ METHODS = (
     Method("af_rft", "sft", ("rft_advantage",), "advantage-filtered positives"),
     Method("dpo", "dpo", ("dpo_outcome",), "DPO on naive correct x incorrect pairs (the control)"),
     Method("edit_dpo", "dpo", ("dpo_edit",), "DPO on correct x most distant incorrect"),
-    Method("step_dpo", "dpo", ("dpo_step_cut",), "per-step DPO on credited negatives"),
+    # Per-step DPO in its two pair forms: the negative cut after its first pit (Setlur et al.), and the prefix
+    # before the pit continued well vs the pit step (Self-Explore).
+    Method("step_dpo", "dpo", ("dpo_step_cut",), "per-step DPO on credited negatives, cut at the pit"),
+    Method("step_dpo_prefix", "dpo", ("dpo_step_prefix",), "per-step DPO, prefix pairs at the pit (Self-Explore)"),
 )
 BY_NAME = {m.name: m for m in METHODS}
 TRAINED = tuple(m.name for m in METHODS if m.trainer)
-STEP_PAIRS = {"step_cut": ("dpo_step_cut",), "step_prefix": ("dpo_step_prefix",),
-              "both": ("dpo_step_cut", "dpo_step_prefix")}
 
 
 def method(name: str) -> Method:
@@ -38,9 +39,9 @@ def method(name: str) -> Method:
     return BY_NAME[name]
 
 
-def datasets_for(name: str, step_dpo_pairs: str = "step_cut") -> tuple[str, ...]:
-    """The sets a method trains on; per-step DPO's pair form is a setting (STEP_PAIRS)."""
-    return STEP_PAIRS[step_dpo_pairs] if name == "step_dpo" else method(name).datasets
+def datasets_for(name: str) -> tuple[str, ...]:
+    """The sets a method trains on."""
+    return method(name).datasets
 
 
 def display_order(names: set[str]) -> list[str]:

@@ -55,7 +55,11 @@ def test_an_axis_needs_its_values():
         ExperimentConfig(sizes=[64, 64])
     with pytest.raises(pydantic.ValidationError, match="one size and at least 2 distinct sft_steps"):
         ExperimentConfig(axis="sft_steps", sizes=[64, 128], sft_steps=[10, 20])
-    cfg = ExperimentConfig(preset="toy", axis="sft_steps", sizes=[64], sft_steps=[10, 20])
+    cfg = ExperimentConfig(preset="toy", axis="sft_steps", sizes=[500], sft_steps=[10, 20])
     cell = cell_config(cfg, 20, 1, None)
-    assert (cell.policy.max_steps, cell.problems.n_train, cell.credit.problems) == (20, 64, 64)
+    # D_syn is the axis' one size; how much of it is sampled and credited stays the preset's (toy: 150 and 64).
+    assert (cell.policy.max_steps, cell.problems.n_train) == (20, 500)
+    assert (cell.sample.problems_per_split, cell.credit.problems) == (150, 64)
+    sized = cell_config(ExperimentConfig(preset="toy", sizes=[32, 64]), 32, 0, None)
+    assert (sized.problems.n_train, sized.sample.problems_per_split, sized.credit.problems) == (32, 32, 32)
     assert cell.seed == cell.policy.seed == 1  # a seed varies pi_sft too, not only what samples from it
