@@ -15,7 +15,7 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint bench lock clean
+.PHONY: demo test test-faults lint bench lock clean
 
 # The demo needs only the base set; the tests also need the test and scale (Ray, Kubernetes) extras.
 $(BASE): pyproject.toml constraints.txt
@@ -34,6 +34,10 @@ demo: $(BASE)
 test: $(STAMP)
 	$(PY) -m ruff check flows tasks tests benchmarks
 	$(PY) -m pytest -q
+
+# The slow fault trials (pytest marker `slow`); `-m` here overrides the `not slow` in pyproject's addopts.
+test-faults: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -219,6 +219,7 @@ def test_backfill_runs_on_the_worker_and_a_repeat_creates_nothing(stack, backfil
         assert {r: {s: lake.marker(r, s) for s in lake.stages(r)} for r in run_ids} == markers
 
 
+@pytest.mark.slow
 def test_a_failed_date_is_retried_in_place(stack, backfilled):
     """A date whose run failed (its model was not there yet) reruns as the same flow run on the next backfill."""
     model, lake_dir = stack.tmp / "model", stack.tmp / "lake-retry"
@@ -242,6 +243,7 @@ def test_a_failed_date_is_retried_in_place(stack, backfilled):
     shutil.rmtree(model)
 
 
+@pytest.mark.slow
 def test_a_date_whose_worker_died_is_crashed_then_completed_by_the_next_backfill(stack, backfilled, worker):
     """SIGKILL the worker (and its flow-run process) during SFT: the heartbeat automation marks the run Crashed,
     the rerun of the date resumes it in place, skipping the stage that was done and writing nothing twice."""

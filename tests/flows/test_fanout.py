@@ -334,6 +334,7 @@ def by_id(flow_run_id):
     return FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
 
 
+@pytest.mark.slow
 def test_a_failed_shard_run_is_rerun_in_place(tiny, lake_path, deployment_run, tmp_path):
     """The same key finds the same flow run even after it failed; the fan-out retries that run, as the UI's
     Retry does, instead of returning its failure forever."""
