@@ -59,6 +59,9 @@ class ExperimentConfig(BaseModel):
     multiplier_at: list[int] | None = Field(None, description="|D_syn| sizes at which data multipliers are "
                                             "reported (None: every size).")
     bootstrap: int = Field(1000, ge=50, description="Bootstrap replicates (over held-out problems and seeds).")
+    q_problems: int = Field(50, ge=0, description="Figure 7: held-out problems along whose reference solutions "
+                            "every model of the largest cell is probed for Q (0: skip).")
+    q_m: int = Field(4, ge=1, description="Figure 7: continuations per reference prefix.")
 
     @model_validator(mode="after")
     def _axis(self) -> ExperimentConfig:
@@ -183,6 +186,27 @@ def checkpoints(lake: Lake, cells: dict[tuple[int, int], str]) -> dict:
     return out
 
 
+def q_values(lake: Lake, cfg: ExperimentConfig, cell: FactoryConfig, run_id: str, methods: list[str]) -> dict:
+    """Figure 7 on one cell: each method's model's mean Q per step along the reference solutions of the first
+    `q_problems` held-out problems, continued as credit continues (its temperature and budget). Kept in the lake
+    beside the report, so a rerun of a finished sweep does not sample it again."""
+    from mathfactory.tasks.evaluate import model_dir
+    from mathfactory.tasks.qvalues import q_along_reference
+
+    key = {"run": run_id, "problems": cfg.q_problems, "m": cfg.q_m, "methods": methods}
+    path = f"experiments/{cfg.name}/q_values.json"
+    if (old := lake.read_file(path)) and (done := json.loads(old))["key"] == key:
+        return done
+    run = Run(lake=lake.url, run_id=run_id, seed=cell.seed, grading=cell.verify)
+    held_out = [p for p in run.read(PROBLEMS) if p.split == "test"][: cfg.q_problems]
+    curves = {m: q_along_reference(model_dir(run, m), held_out, cfg.q_m, temperature=cell.credit.temperature,
+                                   max_new_tokens=cell.credit.max_new_tokens, seed=cell.seed, grading=run.grading)
+              for m in methods}
+    done = {"key": key, **key, "curves": curves}
+    lake.write_file(path, json.dumps(done).encode())
+    return done
+
+
 @flow(name="mathfactory-experiment", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def experiment(config: ExperimentConfig | None = None) -> dict:
     """Every cell of the sweep (finished stages skipped), then fits, multipliers and the report."""
@@ -213,6 +237,9 @@ def experiment(config: ExperimentConfig | None = None) -> dict:
     if config.axis == "sft_steps":
         summary["checkpoints"] = checkpoints(lake, cells)
     largest = cells[(max(config.values), config.seeds[0])]
+    if config.q_problems and complete:
+        summary["q_values"] = q_values(lake, config, cell_config(config, max(config.values), config.seeds[0], base),
+                                       largest, summary["methods"])
     try:
         summary["diagnostics"] = diagnostics(lake, largest, base)
     except Exception as e:  # noqa: BLE001 - a cell without an RFT set still gets its report

@@ -89,6 +89,38 @@ def checkpoints_png(summary: dict) -> bytes:
     return _png(fig)
 
 
+def from_checkpoints_png(summary: dict) -> bytes:
+    """Figures 8b/8c: each method's greedy pass@1 when started from pi_sft after N steps (pi_sft itself as `sft`),
+    with bootstrap intervals."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    values = _axis(summary)[1]
+    for method in summary["methods"]:
+        f = summary["fit"]["methods"][method]
+        ys = [1 - f["error"][v] for v in values]
+        err = [[y - (1 - f["error_ci"][v][1]) for v, y in zip(values, ys, strict=True)],
+               [(1 - f["error_ci"][v][0]) - y for v, y in zip(values, ys, strict=True)]]
+        ax.errorbar([float(v) for v in values], ys, yerr=err, fmt="o-", capsize=3, label=method)
+    ax.set(xscale="log", xlabel="pi_sft's SFT steps (the checkpoint each method starts from)",
+           ylabel="greedy pass@1 (held-out)", title="Each method from each SFT checkpoint")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def q_png(q: dict) -> bytes:
+    """Figure 7: each model's mean Q per step along the reference solutions of held-out problems."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    for method, rows in q["curves"].items():
+        ax.plot([r["step"] for r in rows], [r["q"] for r in rows], "o-", label=method)
+    ax.set(xlabel="reference steps given (0: the question alone)", ylabel="mean Q (continuations correct)",
+           ylim=(-0.02, 1.02), title=f"Q along the reference ({q['problems']} held-out problems, M={q['m']})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -134,6 +166,13 @@ def tables(summary: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
             ["cell", "final SFT loss", "mean Q_1", "estimates", "pits", "pits at step 1"],
             [[k, _fmt(c["losses"][-1] if c["losses"] else None, ".3f"), _fmt(c["q1"]), str(c["q1_n"]),
               str(c["pits"]), str(c["pit_at_1"])] for k, c in checkpoints.items()])
+    if q := summary.get("q_values"):
+        steps = sorted({r["step"] for rows in q["curves"].values() for r in rows})
+        out[f"Q along the reference solutions (Figure 7; cell {q['run']}): mean share of M={q['m']} continuations "
+            "that end correct, after the reference's first i steps (problems with that step)"] = (
+            ["method", *(f"i={i}" for i in steps)],
+            [[m, *(next((f"{r['q']:.2f} ({r['problems']})" for r in rows if r["step"] == i), "-") for i in steps)]
+             for m, rows in q["curves"].items()])
     cost_rows = []
     for key, cell in summary["cells"].items():
         kinds: dict[str, float] = {}
@@ -177,6 +216,10 @@ def write(lake: Lake, summary: dict) -> str:
     figures = {"scaling.png": scaling_png(summary)} if summary["fit"] and _axis(summary)[0] == "|D_syn|" else {}
     if summary.get("checkpoints"):
         figures["checkpoints.png"] = checkpoints_png(summary)
+        if summary["fit"]:
+            figures["from_checkpoints.png"] = from_checkpoints_png(summary)
+    if summary.get("q_values"):
+        figures["q_values.png"] = q_png(summary["q_values"])
     if (diag := summary.get("diagnostics")) and diag["nll_self"]:
         figures["nll.png"] = nll_png(diag)
     for name, png in figures.items():

@@ -4,6 +4,7 @@ runs it: every cell lands, the report is one self-contained HTML file, and a rer
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,6 +24,7 @@ def sweep(prefect_api, tmp_path_factory):
     preset = tmp / "tiny-sweep.yaml"
     preset.write_text(yaml.safe_dump({
         "name": "tiny-sweep", "preset": str(TINY_PRESET), "sizes": [8, 16], "seeds": [0], "bootstrap": 50,
+        "q_problems": 3, "q_m": 2,
         "base": ["problems.n_train=16"],
         "overrides": ["evaluate.problems_per_level=2", "evaluate.k=0", "problems.n_test=8"],
     }))
@@ -51,6 +53,12 @@ def test_every_cell_is_a_run_from_the_base_evaluated_on_one_held_out_set(sweep):
     ids = [{r.problem_id for r in lake.read(run_id, "eval_sft", _eval_record())} for run_id in summary["runs"].values()]
     assert ids[0] == ids[1] and summary["problems"] == 4  # the same held-out problems in every cell
     assert summary["methods"] == ["sft"] and summary["fit"]["methods"]["sft"]["b_ci"][0] <= summary["fit"]["methods"]["sft"]["b"]
+    # Figure 7 on the largest cell: Q along the reference of 3 held-out problems, 2 continuations per prefix.
+    q = summary["q_values"]
+    assert q["run"] == summary["runs"]["16/0"] and list(q["curves"]) == ["sft"]
+    first, *rest = q["curves"]["sft"]
+    assert (first["step"], first["problems"], first["continuations"]) == (0, 3, 6)
+    assert [r["step"] for r in rest] == list(range(1, len(rest) + 1)) and all(0 <= r["q"] <= 1 for r in rest)
 
 
 def _eval_record():
@@ -78,6 +86,8 @@ def test_a_rerun_redoes_only_what_is_missing(sweep):
     lake = Lake(cfg.lake)
     runs = json.loads(lake.read_file("experiments/tiny-sweep/summary.json"))["runs"]
     before = _markers(lake, runs.values())
+    q_file = Path(cfg.lake) / "experiments/tiny-sweep/q_values.json"
+    q_written = q_file.stat().st_mtime_ns
     # Lose one cell's evaluation, as a crash before its commit would.
     small = cell_config(cfg, 8, 0, json.loads(lake.read_file("experiments/tiny-sweep/summary.json"))["base"])
     assert small.run_id() == runs["8/0"]
@@ -90,3 +100,4 @@ def test_a_rerun_redoes_only_what_is_missing(sweep):
     after = _markers(lake, runs.values())
     redone = {k for k in after if before.get(k) != after[k]}
     assert redone == {(runs["8/0"], "eval_sft")}
+    assert q_file.stat().st_mtime_ns == q_written  # Figure 7's Q-values are not sampled again

@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 from mathfactory.flows.experiment import ExperimentConfig, cell_config
-from mathfactory.flows.experiment_report import render, scaling_png, tables
+from mathfactory.flows.experiment_report import from_checkpoints_png, q_png, render, scaling_png, tables
 from mathfactory.tasks.core.scaling import bootstrap
 
 
@@ -48,6 +48,19 @@ def test_a_checkpoint_sweep_reports_the_critical_step_not_a_power_law():
     crit = next(rows for title, (_, rows) in t.items() if "critical step" in title)
     assert crit == [["100/0", "1.500", "0.25", "40", "30", "27"]]
     assert "SFT steps 100" in render(summary, {})
+    assert from_checkpoints_png(summary).startswith(b"\x89PNG")
+
+
+def test_q_values_are_tabled_per_method_and_step():
+    summary = _summary("size", [64, 128])
+    summary["q_values"] = {"run": "r1280", "problems": 3, "m": 4, "curves": {
+        "sft": [{"step": 0, "q": 0.25, "problems": 3, "continuations": 12},
+                {"step": 1, "q": 0.5, "problems": 2, "continuations": 8}],
+        "step_dpo": [{"step": 0, "q": 0.75, "problems": 3, "continuations": 12}]}}
+    (headers, rows), = (v for title, v in tables(summary).items() if "Figure 7" in title)
+    assert headers == ["method", "i=0", "i=1"]
+    assert rows == [["sft", "0.25 (3)", "0.50 (2)"], ["step_dpo", "0.75 (3)", "-"]]
+    assert q_png(summary["q_values"]).startswith(b"\x89PNG")
 
 
 def test_an_axis_needs_its_values():
