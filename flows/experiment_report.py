@@ -180,11 +180,13 @@ def tables(summary: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
             if isinstance(c, dict):
                 kind = re.sub(r"_.*", "", stage) if stage.startswith(("train_", "eval_")) else stage
                 kinds[kind] = kinds.get(kind, 0.0) + c["seconds"]
+        tokens = sum(c.get("tokens", 0) for c in cell.values() if isinstance(c, dict))
         cost_rows.append([key, f"{sum(kinds.values()) / 60:.1f}", *(f"{kinds.get(k, 0):.0f}" for k in
                                                                      ("policy", "rollouts", "credit", "train", "eval")),
-                          f"{cell.get('continuations', 0):,}"])
-    out["Cost per cell (value/seed): minutes, seconds per stage kind, credit continuations"] = (
-        ["cell", "minutes", "policy s", "rollouts s", "credit s", "train s", "eval s", "continuations"], cost_rows)
+                          f"{cell.get('continuations', 0):,}", f"{tokens:,}"])
+    out["Cost per cell (value/seed): minutes, seconds per stage kind, credit continuations, tokens generated"] = (
+        ["cell", "minutes", "policy s", "rollouts s", "credit s", "train s", "eval s", "continuations", "tokens"],
+        cost_rows)
     return out
 
 

@@ -20,7 +20,9 @@ def _summary(axis: str, values: list[int]) -> dict:
     cfg = {"sizes": values, "seeds": [0, 1], "axis": axis, "sft_steps": values, "multiplier_at": None}
     summary = {"name": "t", "config": cfg, "base": None, "failed": {}, "problems": 200, "partial": [],
                "runs": {f"{v}/{s}": f"r{v}{s}" for v in values for s in (0, 1)}, "methods": ["sft", "step_dpo"],
-               "cells": {f"{v}/{s}": {"policy": {"seconds": 60.0, "tokens": 0}, "continuations": 10}
+               "cells": {f"{v}/{s}": {"policy": {"seconds": 60.0, "tokens": 0}, "rollouts": {"seconds": 30.0,
+                                                                                        "tokens": 1500},
+                                     "eval_sft": {"seconds": 6.0, "tokens": 700}, "continuations": 10}
                          for v in values for s in (0, 1)},
                "fit": bootstrap(results, values, n_boot=100)}
     return json.loads(json.dumps(summary))
@@ -37,6 +39,8 @@ def test_a_size_sweep_reports_exponents_multipliers_and_paired_gains():
     assert [g[0] for g in gains] == ["step_dpo"]
     assert [float(c.split()[0]) for c in gains[0][1:]] == pytest.approx(expected)
     assert scaling_png(summary).startswith(b"\x89PNG")
+    (headers, cost), = (v for title, v in t.items() if title.startswith("Cost per cell"))
+    assert cost[0] == ["64/0", "1.6", "60", "30", "0", "0", "6", "10", "2,200"]
 
 
 def test_a_checkpoint_sweep_reports_the_critical_step_not_a_power_law():
