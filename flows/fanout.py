@@ -36,7 +36,8 @@ class RunnerConfig(BaseModel):
         "on a Ray cluster (prefect-ray); deployment: one flow run of `deployment` per shard and of "
         "`train_deployment` per training, on their work pool. Stages that need no GPU (verdicts) run in the "
         "flow's process under `deployment`, and ask Ray for no GPU.")
-    max_workers: int = Field(1, ge=1, description="local: shards at once. 1, since every stage already uses all cores.")
+    max_workers: int = Field(1, ge=1, description="Shards at once in the flow's process (local, and stages that "
+                             "need no GPU under deployment). 1, since every stage already uses all cores.")
     address: str | None = Field(None, description="ray: None starts Ray in-process for each stage; "
                                 "'ray://host:10001' joins a cluster (its nodes need mathfactory installed).")
     runtime_env: dict[str, Any] = Field(

@@ -22,8 +22,8 @@ def train_task(module: str, stage: str, config: Any, run: Run) -> dict:
     """Train stage `stage` into the lake (kept if it landed earlier) and return its metrics."""
     spec = resolve(module, stage)
     cfg = spec.config_type.model_validate(config)
-    # Where it trained, for the run's logs: Ray and CUDA name the GPUs a job was given in CUDA_VISIBLE_DEVICES.
-    logger().info("%s: training on %s with %d GPU(s) asked for, CUDA_VISIBLE_DEVICES=%s", stage,
+    # Where it trained, for the run's logs: Ray names the GPUs it gave a task in CUDA_VISIBLE_DEVICES.
+    logger().info("%s: training on %s, %d trainer process(es), CUDA_VISIBLE_DEVICES=%s", stage,
                   socket.gethostname(), spec.gpus_for(cfg), os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     return write_model(spec, cfg, run)
 

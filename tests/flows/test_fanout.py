@@ -416,73 +416,76 @@ METHOD = "rft"
 
 @flow(name="mathfactory-test-train-and-evaluate")
 def train_and_evaluate(cfg: FactoryConfig, run: Run) -> None:
-    """What the pipeline does around a method, through the same executor: pi_sft and the method trained where
-    cfg.runner says, then the method's evaluation here (a local runner), reading the model back from the lake."""
-    execute(POLICY, cfg.policy, run, cfg.runner)
+    """What the pipeline does with a method, through the same executor: trained where cfg.runner says, then
+    evaluated here (a local runner), reading the model back from the lake."""
     execute(TRAIN_SPECS[stage_name(METHOD)], cfg.train, run, cfg.runner)
     execute(EVALUATIONS[eval_stage(METHOD)], cfg.evaluate, run)
 
 
-def train_in_s3(s3_url: str, runner: RunnerConfig) -> tuple[Run, int, float]:
-    """The tiny run's problems and a toy training set for METHOD (a 4-step pi_sft samples none) in a fresh S3
-    lake, then train_and_evaluate; the run, the set's rows and the seconds it took."""
+@pytest.fixture(scope="module")
+def pi_sft(tiny, lake_path, local_run) -> Path:
+    """The local run's pi_sft (a 4-step policy samples nothing to train on, so the method's set is a toy one)."""
+    return Lake(str(lake_path.with_name("lake-local"))).local_dir(tiny.run_id(), POLICY.name)
+
+
+def train_in_s3(s3_url: str, pi_sft: Path, runner: RunnerConfig) -> tuple[Run, int, float]:
+    """The tiny run's problems, pi_sft and a toy training set for METHOD put in a fresh S3 lake, then
+    train_and_evaluate; the run, the set's rows and the seconds the flow took."""
     cfg = load_preset(str(TINY_PRESET), [f"lake={s3_url}", f"train.methods=[{METHOD}]",
                                          f"train.trl_args.{METHOD}.max_steps=2", "evaluate.k=0", "evaluate.shards=1"])
     cfg = cfg.model_copy(update={"runner": runner})
-    run = Run(lake=s3_url, run_id=cfg.run_id(), seed=cfg.seed, grading=cfg.verify)
+    run, lake = Run(lake=s3_url, run_id=cfg.run_id(), seed=cfg.seed, grading=cfg.verify), Lake(s3_url)
     build(PROBLEMS, cfg.problems, run)
+    lake.put_dir(pi_sft, run.run_id, POLICY.name)
+    lake.commit(run.run_id, POLICY.name, None)
     rows, _ = toy_training_sets([p for p in run.read(PROBLEMS) if p.split == "train"])
-    run.store.write_part(run.run_id, METHOD, 0, SFTExample, rows)
-    run.store.commit(run.run_id, METHOD, SFTExample)
+    lake.write_part(run.run_id, METHOD, 0, SFTExample, rows)
+    lake.commit(run.run_id, METHOD, SFTExample)
     t0 = time.perf_counter()
     train_and_evaluate(cfg, run)
     return run, len(rows), time.perf_counter() - t0
 
 
 def landed_in_the_bucket_and_read_back(run: Run, rows: int) -> dict:
-    """pi_sft and the method are whole model directories in the bucket, the method's marker says it trained on
-    the set from pi_sft, and this process read the model back from the bucket to evaluate it. The stages."""
-    lake, stages = run.store, run.store.stages(run.run_id)
-    for stage in (POLICY.name, stage_name(METHOD)):
-        files = {p.rsplit("/", 1)[1] for p in lake.fs.ls(f"{lake.stage_path(run.run_id, stage)}/model", detail=False)}
-        assert {"config.json", "model.safetensors", "tokenizer.json"} <= files, (stage, files)
-    trained = stages[stage_name(METHOD)]["metrics"]
+    """The method is a whole model directory in the bucket, its marker says it trained on the set from pi_sft,
+    and this process read it back from the bucket to evaluate it. The method's marker metrics."""
+    lake, stage = run.store, stage_name(METHOD)
+    files = {p.rsplit("/", 1)[1] for p in lake.fs.ls(f"{lake.stage_path(run.run_id, stage)}/model", detail=False)}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files, files
+    trained = lake.marker(run.run_id, stage)["metrics"]
     assert trained["steps"] == 2 and trained["train_rows"] == rows and trained["init"] == f"runs/{run.run_id}/policy"
-    model = lake.local_dir(run.run_id, stage_name(METHOD))
+    model = lake.local_dir(run.run_id, stage)
     assert model.is_relative_to(os.environ["MATHFACTORY_CACHE"])  # downloaded here, not a path someone shares
     check_model_dir(model)
-    assert stages[eval_stage(METHOD)]["rows"] == 2 * 4  # 4 test problems per education level
-    return stages
+    assert lake.marker(run.run_id, eval_stage(METHOD))["rows"] == 2 * 4  # 4 test problems per education level
+    return trained
 
 
-def test_a_method_trains_in_ray_tasks_given_a_gpu_into_an_s3_lake(prefect_api, ray_head, s3_url, s3_server,
-                                                                  monkeypatch):
+def test_a_method_trains_in_a_ray_task_given_a_gpu_into_an_s3_lake(prefect_api, ray_head, pi_sft, s3_url,
+                                                                   s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)  # reaches the Ray workers by name (LAKE_ENV)
     address, temp = ray_head
     runner = RunnerConfig(kind="ray", address=address, ray_options={"num_gpus": 1})
-    run, rows, seconds = train_in_s3(s3_url, runner)
-    print(f"\npi_sft + {METHOD} as Ray tasks into S3, then evaluated here: {seconds:.1f} s")
+    run, rows, seconds = train_in_s3(s3_url, pi_sft, runner)
+    print(f"\n{METHOD} as a Ray task into S3, then evaluated here: {seconds:.1f} s")
     landed_in_the_bucket_and_read_back(run, rows)
-    # Each training ran in a Ray worker that Ray gave the head's one GPU.
+    # It ran in a Ray worker that Ray gave the head's one GPU.
     worker_logs = "".join(p.read_text(errors="replace") for p in temp.glob("session_*/logs/worker-*"))
-    for stage in (POLICY.name, stage_name(METHOD)):
-        assert re.search(rf"{stage}: training on \S+ with 1 GPU\(s\) asked for, CUDA_VISIBLE_DEVICES=0",
-                         worker_logs), stage
+    assert re.search(rf"{stage_name(METHOD)}: training on \S+, 1 trainer process\(es\), CUDA_VISIBLE_DEVICES=0",
+                     worker_logs)
 
 
-def test_a_method_trains_on_the_gpu_pool_into_an_s3_lake(prefect_api, shard_worker, s3_url, s3_server,
+def test_a_method_trains_on_the_gpu_pool_into_an_s3_lake(prefect_api, shard_worker, pi_sft, s3_url, s3_server,
                                                          monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
-    run, rows, seconds = train_in_s3(s3_url, RunnerConfig(kind="deployment", poll_s=1))
-    print(f"\npi_sft + {METHOD} as runs of the train deployment into S3, then evaluated here: {seconds:.1f} s")
-    stages = landed_in_the_bucket_and_read_back(run, rows)
-    runs = {r.name: r for r in deployment_flow_runs(TRAININGS) if r.parameters["run"]["lake"] == run.lake}
-    assert set(runs) == {f"{run.run_id}-{POLICY.name}", f"{run.run_id}-{stage_name(METHOD)}"}
-    assert all(r.state.is_completed() and r.job_variables == {"gpu_count": 1} and "gpu" in r.tags
-               for r in runs.values())
-    # Two jobs at once on this worker: each trainer took its share of the cores, not all of them.
-    share = threads_per_job(usable_cores(), WORKER_JOBS)
-    assert stages[POLICY.name]["metrics"]["threads"] == stages[stage_name(METHOD)]["metrics"]["threads"] == share
+    run, rows, seconds = train_in_s3(s3_url, pi_sft, RunnerConfig(kind="deployment", poll_s=1))
+    print(f"\n{METHOD} as a run of the train deployment into S3, then evaluated here: {seconds:.1f} s")
+    trained = landed_in_the_bucket_and_read_back(run, rows)
+    (flow_run,) = [r for r in deployment_flow_runs(TRAININGS) if r.parameters["run"]["lake"] == run.lake]
+    assert flow_run.name == f"{run.run_id}-{stage_name(METHOD)}" and flow_run.state.is_completed()
+    assert flow_run.job_variables == {"gpu_count": 1} and "gpu" in flow_run.tags
+    # Two jobs at once on this worker: the trainer took its share of the cores, not all of them.
+    assert trained["threads"] == threads_per_job(usable_cores(), WORKER_JOBS)
     # The worker got pi_sft from the bucket (its download cache) and kept no model anywhere else.
     assert any((d / "config.json").is_file() for d in (shard_worker / "cache").iterdir())
     assert not list(shard_worker.glob("mathfactory-*"))
