@@ -175,8 +175,11 @@ def fan_out(module: str, stage: str, config: dict[str, Any], run: Run, runner: R
     cfg = spec.config_type.model_validate(config)
     if on_gpu_pool(runner, spec, cfg):
         deployment = runner.deployment if spec.record is not None else runner.train_deployment
-        futures = [deployment_run.submit(deployment, shard_parameters(spec, cfg, run, u), runner.poll_s,
-                                         job_variables(spec, cfg)) for u in units(spec, cfg, run)]
+        # A lost run (an evicted pod) is re-run once, but never a training whose stage says no retries: its
+        # failures (a set too small, out of memory) would only repeat, at a GPU's price.
+        remote_run = deployment_run.with_options(retries=min(spec.retries, 1))
+        futures = [remote_run.submit(deployment, shard_parameters(spec, cfg, run, u), runner.poll_s,
+                                     job_variables(spec, cfg)) for u in units(spec, cfg, run)]
     else:
         task = (shard_task if spec.record is not None else train_task).with_options(retries=spec.retries)
         with ray_options(runner, spec, cfg):
