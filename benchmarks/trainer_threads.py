@@ -3,9 +3,9 @@ plain `prefect worker start` get) vs each with its share of the cores (MATHFACTO
 --jobs 2` gives), beside one training alone. Prints each variant's wall seconds per training and for both.
 
 The trainings are pi_sft's own (the trainer process, tasks/trainer.py), from scratch on toy problems, with the
-policy's architecture at the shipped defaults and fewer steps (--steps).
+policy's architecture, narrower (--hidden) and with fewer steps (--steps).
 
-    .venv/bin/python benchmarks/trainer_threads.py [--steps 120]
+    .venv/bin/python benchmarks/trainer_threads.py [--steps 40 --hidden 128]
 """
 
 from __future__ import annotations
@@ -25,14 +25,18 @@ from mathfactory.tasks.policy import PolicyConfig, sft_rows  # noqa: E402
 from mathfactory.tasks.trainer import JOBS_ENV, TrainJob, launch, usable_cores, write_rows  # noqa: E402
 
 
-def train(tmp: Path, name: str, rows: str, cfg: PolicyConfig) -> tuple[float, int]:
-    """One training in its own process; its wall seconds and the torch threads it ran with."""
+def train(tmp: Path, name: str, rows: list[dict], cfg: PolicyConfig) -> tuple[float, int]:
+    """One training in its own process (its own rows file: the job spec is written beside it); its wall seconds
+    and the torch threads it ran with."""
+    (tmp / name).mkdir()
+    data = write_rows(tmp / name / "rows.jsonl", rows)
     t0 = time.perf_counter()
-    metrics = launch(TrainJob("scratch", rows, str(tmp / name), "toy", None, args=cfg.model_dump(mode="json")))
+    metrics = launch(TrainJob("scratch", data, str(tmp / name / "model"), "toy", None,
+                              args=cfg.model_dump(mode="json")))
     return time.perf_counter() - t0, metrics["threads"]
 
 
-def variant(tmp: Path, name: str, rows: str, cfg: PolicyConfig, jobs: int, at_once: int) -> dict:
+def variant(tmp: Path, name: str, rows: list[dict], cfg: PolicyConfig, jobs: int, at_once: int) -> dict:
     os.environ[JOBS_ENV] = str(jobs)  # read by launch() when it starts each trainer
     t0 = time.perf_counter()
     with ThreadPoolExecutor(at_once) as pool:
@@ -43,14 +47,15 @@ def variant(tmp: Path, name: str, rows: str, cfg: PolicyConfig, jobs: int, at_on
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--hidden", type=int, default=128, help="model width (the policy's default: 192)")
     args = parser.parse_args()
     os.environ.pop("OMP_NUM_THREADS", None)  # it would win over the share
-    cfg = PolicyConfig(max_steps=args.steps)
-    print(f"{usable_cores()} usable cores, load average {os.getloadavg()[0]:.1f}; pi_sft architecture, "
-          f"{args.steps} steps of {cfg.batch_size}")
+    cfg = PolicyConfig(max_steps=args.steps, hidden_size=args.hidden)
+    print(f"{usable_cores()} usable cores, load average {os.getloadavg()[0]:.1f}; pi_sft's architecture at width "
+          f"{args.hidden}, {args.steps} steps of {cfg.batch_size}")
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
-        rows = write_rows(Path(tmp) / "rows.jsonl", sft_rows(toy.generate(512, "train", seed=0)))
+        rows = sft_rows(toy.generate(512, "train", seed=0))
         alone = variant(Path(tmp), "one alone", rows, cfg, jobs=1, at_once=1)
         every = variant(Path(tmp), "two at once, a thread per core each", rows, cfg, jobs=1, at_once=2)
         share = variant(Path(tmp), "two at once, a share each", rows, cfg, jobs=2, at_once=2)
