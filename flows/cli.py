@@ -177,6 +177,21 @@ def deploy(gpus: Annotated[int, typer.Option(min=0, help="GPUs in the cluster: s
         raise typer.Exit(1) from None
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(ctx: typer.Context, pool: Annotated[str, typer.Option(help="Work pool to poll.")] = "cpu",
+           jobs: Annotated[int, typer.Option(min=1, help="Flow runs at once on this machine; each trainer gets "
+                                                       "cores/jobs torch threads.")] = 1):
+    """Start a Prefect worker (`prefect worker start --limit JOBS`) whose flow runs share this machine's cores:
+    $MATHFACTORY_JOBS tells each trainer its share. Other options go to `prefect worker start`."""
+    import os
+    import sys
+
+    from mathfactory.tasks.trainer import JOBS_ENV
+
+    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", str(jobs), *ctx.args]
+    os.execve(sys.executable, cmd, {**os.environ, JOBS_ENV: str(jobs)})
+
+
 @app.command()
 def backfill(start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")],
              end: Annotated[str, typer.Option(help="Last date, YYYY-MM-DD (included).")],

@@ -1,6 +1,7 @@
 """A stage spec + its config + a Run -> the stage in the lake. The one executor: it skips a committed stage, fans a
-sharded stage's shards out where the runner says (flows/fanout.py), writes a one-shard stage or trains a model
-stage in a task of its own, and commits the marker (tasks/stage.py says what happens to one shard)."""
+sharded stage's shards out where the runner says (flows/fanout.py), trains a model stage there too (a Ray task, a
+run on the gpu pool) or in a task of its own, writes a one-shard stage, and commits the marker (tasks/stage.py says
+what happens to one shard or one training)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from mathfactory.flows.fanout import RunnerConfig, run_sharded
+from mathfactory.flows.fanout import RunnerConfig, dispatch, trains_away
 from mathfactory.flows.shard import ref, resolve
-from mathfactory.tasks.stage import Run, StageSpec, build_model, commit, logger, write_shard
+from mathfactory.tasks.stage import Run, StageSpec, commit, logger, write_model, write_shard
 
 
 def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig | None = None) -> str:
@@ -23,13 +24,13 @@ def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig |
         logger().info("%s: already done (%s), skipping", spec.name,
                       f"{marker['rows']} rows" if spec.record else "a model")
         return run.uri(spec.name)
-    started = time.time()
-    if spec.record is None:
+    started, runner = time.time(), runner or RunnerConfig()
+    if spec.record is None and not trains_away(runner, spec, config):
         return model_task.with_options(retries=spec.retries)(ref(spec), spec.name, config, run, started)
-    if not spec.sharded:
+    if spec.record is not None and not spec.sharded:
         return record_task.with_options(retries=spec.retries)(ref(spec), spec.name, config, run, started)
-    shards = run_sharded(runner or RunnerConfig(), spec, config, run)
-    return commit_task(ref(spec), spec.name, config, run, shards, started)
+    summaries = dispatch(runner, spec, config, run)
+    return commit_task(ref(spec), spec.name, config, run, summaries, started)
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
@@ -41,11 +42,12 @@ def record_task(module: str, stage: str, config: Any, run: Run, started: float) 
 
 @task(name="commit", task_run_name="{stage}", cache_policy=NO_CACHE)
 def commit_task(module: str, stage: str, config: Any, run: Run, shards: list[dict], started: float) -> str:
-    """A sharded stage's marker, once every shard has landed."""
+    """A stage's marker, once every shard (or its model) has landed."""
     return commit(resolve(module, stage), config, run, shards, started)
 
 
 @task(name="model", task_run_name="{stage}", cache_policy=NO_CACHE)
 def model_task(module: str, stage: str, config: Any, run: Run, started: float) -> str:
     """A model stage, trained in this task (tasks/trainer.py runs each trainer in a process of its own)."""
-    return build_model(resolve(module, stage), config, run, started)
+    spec = resolve(module, stage)
+    return commit(spec, config, run, [write_model(spec, config, run)], started)

@@ -123,7 +123,7 @@ def train_base(config: FactoryConfig) -> str:
     """The base model's run (problems, then its pi_sft); returns its lake reference."""
     run = Run(lake=config.lake, run_id=config.run_id(), seed=config.seed, grading=config.verify)
     execute(PROBLEMS, config.problems, run)
-    execute(POLICY, config.policy, run)
+    execute(POLICY, config.policy, run, config.runner)
     return f"runs/{run.run_id}/{POLICY.name}"
 
 

@@ -1,4 +1,6 @@
-"""A sharded stage spec + RunnerConfig -> its shards run where the config says: local threads, Ray, or deployment runs."""
+"""A stage spec + RunnerConfig -> its units (the shards of a sharded stage, or the one training of a model stage)
+run where the config says: local threads, Ray tasks, or runs of a deployment. A stage that needs a GPU goes where
+the GPUs are (Ray tasks asking for them, the `gpu` pool's jobs); one that needs a CPU never takes a GPU."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.flows.shard import ref, resolve, shard_task
+from mathfactory.flows.training import train_task
 from mathfactory.tasks.stage import Run, StageSpec, logger
 from mathfactory.tasks.storage import SECRET_ENV
 
@@ -23,33 +26,67 @@ T = TypeVar("T")
 
 
 class RunnerConfig(BaseModel):
-    """Where the shards of sharded stages run. Not part of a run's identity: outputs do not depend on it."""
+    """Where the shards of sharded stages and the trainings of model stages run. Not part of a run's identity:
+    outputs do not depend on it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["local", "ray", "deployment"] = Field(
-        "local", description="local: threads in the flow's process; ray: tasks on a Ray cluster (prefect-ray); "
-        "deployment: one flow run of `deployment` per shard, on its work pool.")
-    max_workers: int = Field(1, ge=1, description="local: shards at once. 1, since every stage already uses all cores.")
+        "local", description="local: shards in threads of the flow's process, trainings in its own run; ray: tasks "
+        "on a Ray cluster (prefect-ray); deployment: one flow run of `deployment` per shard and of "
+        "`train_deployment` per training, on their work pool. Stages that need no GPU (verdicts) run in the "
+        "flow's process under `deployment`, and ask Ray for no GPU.")
+    max_workers: int = Field(1, ge=1, description="Shards at once in the flow's process (local, and stages that "
+                             "need no GPU under deployment). 1, since every stage already uses all cores.")
     address: str | None = Field(None, description="ray: None starts Ray in-process for each stage; "
                                 "'ray://host:10001' joins a cluster (its nodes need mathfactory installed).")
     runtime_env: dict[str, Any] = Field(
         default_factory=dict, description="ray: Ray runtime_env for the shards (pip, working_dir, env_vars); "
         "env_vars given here win over the Prefect API address passed by default.")
-    ray_options: dict[str, Any] = Field(default_factory=dict,
-                                        description="ray: resources each shard asks for, e.g. {num_gpus: 1}.")
+    ray_options: dict[str, Any] = Field(default_factory=dict, description="ray: resources each shard of a stage "
+                                        "that needs a GPU asks for, e.g. {num_gpus: 1}; a training asks for "
+                                        "num_gpus times its GPUs (train.num_processes).")
     deployment: str = Field("mathfactory-shard/shard", description="deployment: 'flow/deployment' that runs one "
                             "shard (flows/shard.py); its pool's result storage must be readable here.")
-    poll_s: float = Field(5.0, gt=0, description="deployment: seconds between checks of a shard run's state.")
+    train_deployment: str = Field("mathfactory-train/train", description="deployment: 'flow/deployment' that "
+                                  "runs one training (flows/training.py); its job variable gpu_count is set to "
+                                  "the GPUs the training asks for.")
+    poll_s: float = Field(5.0, gt=0, description="deployment: seconds between checks of a shard or training run.")
 
 
-def task_runner(runner: RunnerConfig, shards: int) -> TaskRunner:
+def trains_away(runner: RunnerConfig, spec: StageSpec, config: BaseModel) -> bool:
+    """Whether a model stage trains away from the flow's own run: where the GPUs are (a Ray task, a run on the
+    gpu pool), when the runner is not local and the training asks for a GPU."""
+    return spec.record is None and runner.kind != "local" and spec.gpus_for(config) > 0
+
+
+def on_gpu_pool(runner: RunnerConfig, spec: StageSpec, config: BaseModel) -> bool:
+    return runner.kind == "deployment" and spec.gpus_for(config) > 0
+
+
+def task_runner(runner: RunnerConfig, spec: StageSpec, config: BaseModel, units: int) -> TaskRunner:
     if runner.kind == "ray":
         from prefect_ray import RayTaskRunner
 
         return RayTaskRunner(address=runner.address, init_kwargs={"runtime_env": ray_runtime_env(runner)})
-    # Deployment shards only wait on their runs in these threads; the gpu pool and tag limit decide how many run.
-    return ThreadPoolTaskRunner(max_workers=shards if runner.kind == "deployment" else runner.max_workers)
+    # Deployment runs are only waited on in these threads; the gpu pool and tag limit decide how many run.
+    return ThreadPoolTaskRunner(max_workers=units if on_gpu_pool(runner, spec, config) else runner.max_workers)
+
+
+def ray_resources(runner: RunnerConfig, spec: StageSpec, config: BaseModel) -> dict[str, Any]:
+    """What one unit asks Ray for: a stage that needs no GPU, Ray's default (one CPU); else `ray_options`, a
+    training's num_gpus times the GPUs it asks for."""
+    gpus = spec.gpus_for(config)
+    if not gpus:
+        return {}
+    if spec.record is None and "num_gpus" in runner.ray_options:
+        return {**runner.ray_options, "num_gpus": runner.ray_options["num_gpus"] * gpus}
+    return dict(runner.ray_options)
+
+
+def job_variables(spec: StageSpec, config: BaseModel) -> dict[str, Any]:
+    """The gpu pool job variables of one unit's run: its GPUs (infra/gpu-job-template.json's gpu_count)."""
+    return {"gpu_count": spec.gpus_for(config)}
 
 
 # Where the lake is and how to reach it, by name only: the name of the Prefect Secret block holding the keys and
@@ -78,22 +115,27 @@ def prefect_env() -> dict[str, str]:
     return env
 
 
-def shard_parameters(spec: StageSpec, config: BaseModel, run: Run, shard: int) -> dict[str, Any]:
-    """flows/shard.py:run_shard's parameters for one shard (JSON, as a deployment run takes them)."""
-    return {"module": ref(spec), "stage": spec.name, "config": config.model_dump(mode="json"),
-            "run": run.model_dump(mode="json"), "shard": shard}
+def shard_parameters(spec: StageSpec, config: BaseModel, run: Run, shard: int | None) -> dict[str, Any]:
+    """The parameters of flows/shard.py:run_shard for one shard, or of flows/training.py:run_training for a model
+    stage's training (shard None): JSON, as a deployment run takes them."""
+    params = {"module": ref(spec), "stage": spec.name, "config": config.model_dump(mode="json"),
+              "run": run.model_dump(mode="json")}
+    return params if shard is None else {**params, "shard": shard}
 
 
 def idempotency_key(parameters: dict[str, Any]) -> str:
-    """Run, stage and shard, plus a digest of every parameter: a repeated key returns the earlier flow run and
-    drops the new parameters, so the same run id in another lake must not share a key."""
+    """Run, stage and shard (if any), plus a digest of every parameter: a repeated key returns the earlier flow
+    run and drops the new parameters, so the same run id in another lake must not share a key."""
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{parameters['run']['run_id']}/{parameters['stage']}/{parameters['shard']:05d}/{digest}"
+    shard = f"/{parameters['shard']:05d}" if "shard" in parameters else ""
+    return f"{parameters['run']['run_id']}/{parameters['stage']}{shard}/{digest}"
 
 
-@task(name="shard-run", cache_policy=NO_CACHE, retries=1)
-def shard_run(deployment: str, parameters: dict[str, Any], poll_s: float) -> dict:
-    """One shard as a flow run of `deployment`, awaited; returns the shard's summary (the run's result)."""
+@task(name="deployment-run", cache_policy=NO_CACHE, retries=1)
+def deployment_run(deployment: str, parameters: dict[str, Any], poll_s: float,
+                   variables: dict[str, Any] | None = None) -> dict:
+    """One shard or training as a flow run of `deployment` (with job variables `variables`), awaited; returns its
+    summary (the run's result)."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
@@ -101,7 +143,8 @@ def shard_run(deployment: str, parameters: dict[str, Any], poll_s: float) -> dic
 
     key = idempotency_key(parameters)
     try:
-        run = run_deployment(deployment, parameters=parameters, idempotency_key=key, timeout=0)
+        run = run_deployment(deployment, parameters=parameters, idempotency_key=key, timeout=0,
+                             job_variables=variables)
     except ObjectNotFound:
         raise RuntimeError(f"no deployment {deployment!r} on {prefect_env()['PREFECT_API_URL']}: deploy "
                            "infra/prefect.yaml (`mathfactory deploy`), or set runner.deployment") from None
@@ -114,42 +157,52 @@ def shard_run(deployment: str, parameters: dict[str, Any], poll_s: float) -> dic
                          as_subflow=False)  # same key: waits on the same run
     state = run.state
     if state is None or not state.is_completed():
-        raise RuntimeError(f"shard run {run.name} ({key}) ended {state.name if state else 'without a state'}: "
+        raise RuntimeError(f"{deployment} run {run.name} ({key}) ended {state.name if state else 'without a state'}: "
                            f"{state.message if state else ''}")
     return state.result()
 
 
+def units(spec: StageSpec, config: BaseModel, run: Run) -> list[int | None]:
+    """A sharded stage's shards, or a model stage's one training (None)."""
+    return list(range(spec.n_shards(config, run))) if spec.record is not None else [None]
+
+
 @flow(name="mathfactory-fan-out")
 def fan_out(module: str, stage: str, config: dict[str, Any], run: Run, runner: RunnerConfig) -> list[dict]:
-    """Every shard of a sharded stage (declared in `module`), on this flow's task runner (chosen by `runner`);
-    their summaries in shard order."""
+    """Every shard of a sharded stage, or the training of a model stage (declared in `module`), on this flow's
+    task runner (chosen by `runner`); their summaries in shard order."""
     spec = resolve(module, stage)
     cfg = spec.config_type.model_validate(config)
-    shards = range(spec.n_shards(cfg, run))
-    if runner.kind == "deployment":
-        futures = [shard_run.submit(runner.deployment, shard_parameters(spec, cfg, run, s), runner.poll_s)
-                   for s in shards]
+    if on_gpu_pool(runner, spec, cfg):
+        deployment = runner.deployment if spec.record is not None else runner.train_deployment
+        # A lost run (an evicted pod) is re-run once, but never a training whose stage says no retries: its
+        # failures (a set too small, out of memory) would only repeat, at a GPU's price.
+        remote_run = deployment_run.with_options(retries=min(spec.retries, 1))
+        futures = [remote_run.submit(deployment, shard_parameters(spec, cfg, run, u), runner.poll_s,
+                                     job_variables(spec, cfg)) for u in units(spec, cfg, run)]
     else:
-        task = shard_task.with_options(retries=spec.retries)
-        with ray_options(runner):
-            futures = [task.submit(ref(spec), spec.name, config, run, s) for s in shards]
+        task = (shard_task if spec.record is not None else train_task).with_options(retries=spec.retries)
+        with ray_options(runner, spec, cfg):
+            futures = [task.submit(ref(spec), spec.name, config, run, *([] if u is None else [u]))
+                       for u in units(spec, cfg, run)]
     return [f.result() for f in futures]
 
 
-def ray_options(runner: RunnerConfig) -> contextlib.AbstractContextManager:
-    if runner.kind != "ray" or not runner.ray_options:
+def ray_options(runner: RunnerConfig, spec: StageSpec, config: BaseModel) -> contextlib.AbstractContextManager:
+    resources = ray_resources(runner, spec, config) if runner.kind == "ray" else {}
+    if not resources:
         return contextlib.nullcontext()
     from prefect_ray.context import remote_options
 
-    return remote_options(**runner.ray_options)
+    return remote_options(**resources)
 
 
-def run_sharded(runner: RunnerConfig, spec: StageSpec, config: BaseModel, run: Run) -> list[dict]:
-    """Every shard of a sharded stage in a subflow whose task runner `runner` picks (a flow's runner is fixed when
-    it is decorated, hence with_options); the shards' summaries."""
+def dispatch(runner: RunnerConfig, spec: StageSpec, config: BaseModel, run: Run) -> list[dict]:
+    """Every unit of a stage (its shards, or its training) in a subflow whose task runner `runner` picks (a flow's
+    runner is fixed when it is decorated, hence with_options); their summaries."""
     if "://" not in run.lake:  # Ray workers and deployment runs have other working directories
         run = run.model_copy(update={"lake": os.path.abspath(run.lake)})
-    subflow = fan_out.with_options(task_runner=task_runner(runner, spec.n_shards(config, run)),
+    subflow = fan_out.with_options(task_runner=task_runner(runner, spec, config, len(units(spec, config, run))),
                                    flow_run_name=f"{run.run_id}-{spec.name}-{runner.kind}")
     call = lambda: subflow(ref(spec), spec.name, config.model_dump(mode="json"), run, runner)  # noqa: E731
     return retry_connect(call, RAY_CONNECT_ATTEMPTS if runner.kind == "ray" else 1,

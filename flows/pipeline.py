@@ -25,7 +25,7 @@ from mathfactory.tasks.verify import VERDICTS
 
 
 # One task at a time: on the embedded default every stage already uses both cores. Sharded stages run their
-# shards where config.runner says (flows/fanout.py).
+# shards, and model stages their trainings, where config.runner says (flows/fanout.py).
 @flow(name="mathfactory-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def pipeline(config: FactoryConfig | None = None, date: str | None = None) -> dict[str, str]:
     """Run every stage for `config` (and `date`, for dated runs); finished stages are skipped."""
@@ -38,7 +38,7 @@ def pipeline(config: FactoryConfig | None = None, date: str | None = None) -> di
     if config.problems.source == "synthesizer":
         uris.update(synthesis(config.synthesis, run, config.runner))
     uris["problems"] = execute(PROBLEMS, config.problems, run)
-    uris["policy"] = execute(POLICY, config.policy, run)
+    uris["policy"] = execute(POLICY, config.policy, run, config.runner)
     uris["rollouts"] = execute(ROLLOUTS, config.sample, run, config.runner)
     uris["verdicts"] = execute(VERDICTS, config.verify, run, config.runner)
     uris["credit"] = execute(CREDIT, config.credit, run, config.runner)
@@ -49,7 +49,7 @@ def pipeline(config: FactoryConfig | None = None, date: str | None = None) -> di
     failed, trained = {}, ["sft"]
     for method in config.train.methods:
         try:
-            uris[stage_name(method)] = execute(TRAININGS[stage_name(method)], config.train, run)
+            uris[stage_name(method)] = execute(TRAININGS[stage_name(method)], config.train, run, config.runner)
             trained.append(method)
         except Exception as e:  # noqa: BLE001 - reported below, and the run ends Failed naming it
             failed[method] = f"{type(e).__name__}: {e}"

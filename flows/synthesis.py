@@ -25,13 +25,13 @@ def synthesis(config: SynthesisConfig, run: Run, runner: RunnerConfig | None = N
     """Every synthesis stage of `run`; finished stages are skipped. Ends with `synth_problems`."""
     uris = {SEEDS.name: execute(SEEDS, config.seeds, run)}
     uris[kd_stage(1)] = execute(DISTILLED[kd_stage(1)], config, run)
-    uris[SYNTHESIZER[1]] = execute(SYNTHESIZERS[SYNTHESIZER[1]], config.synthesizer, run)
+    uris[SYNTHESIZER[1]] = execute(SYNTHESIZERS[SYNTHESIZER[1]], config.synthesizer, run, runner)
 
     uris[FEATURES_SPEC.name] = execute(FEATURES_SPEC, config, run, runner)
     uris[SCORES.name] = execute(SCORES, config.influence, run)
 
     uris[kd_stage(2)] = execute(DISTILLED[kd_stage(2)], config, run)
-    uris[SYNTHESIZER[2]] = execute(SYNTHESIZERS[SYNTHESIZER[2]], config.synthesizer, run)
+    uris[SYNTHESIZER[2]] = execute(SYNTHESIZERS[SYNTHESIZER[2]], config.synthesizer, run, runner)
 
     uris[OUTPUTS.name] = execute(OUTPUTS, config, run, runner)
     uris[SYNTHESIZED.name] = execute(SYNTHESIZED, config, run)

@@ -155,5 +155,6 @@ def _summarize(cfg: CreditConfig, run: Run, shards: list[dict]) -> dict:
 
 CREDIT = StageSpec("credit", StepCredit, CreditConfig, step_credit,
                    reads=(PROBLEMS.name, ROLLOUTS.name, VERDICTS.name, POLICY.name),
-                   shards=lambda cfg, run: cfg.shards, tally=mc.tally, summarize=_summarize, retries=2)
+                   shards=lambda cfg, run: cfg.shards, tally=mc.tally, summarize=_summarize, retries=2,
+                   needs="gpu")
 SPECS = {CREDIT.name: CREDIT}

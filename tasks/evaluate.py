@@ -155,5 +155,5 @@ def _summarizer(method: str):
 
 SPECS = {eval_stage(m.name): StageSpec(eval_stage(m.name), EvalResult, EvalConfig, _evaluator(m.name),
                                        reads=(PROBLEMS.name, train_stage(m.name)), shards=lambda cfg, run: cfg.shards,
-                                       summarize=_summarizer(m.name), retries=2)
+                                       summarize=_summarizer(m.name), retries=2, needs="gpu")
          for m in METHODS}

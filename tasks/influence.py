@@ -84,7 +84,7 @@ FEATURES_SPEC = StageSpec(FEATURES, GradFeature, "mathfactory.tasks.synthesis:Sy
                           summarize=lambda cfg, run, shards: {**summed(cfg, run, shards),
                                                               "shard_seconds": merge(shards).get("seconds", 0)},
                           identity=lambda c: {"influence": c.influence.model_dump(mode="json"),
-                                              "templates": c.teacher.templates})
+                                              "templates": c.teacher.templates}, needs="gpu")
 
 
 def scores(cfg: InfluenceConfig, run: Run, shard: int, meter: Meter) -> list[SeedScore]:

@@ -76,7 +76,9 @@ def policy(cfg: PolicyConfig, run: Run, out_dir: Path) -> dict[str, Any]:
                                   args=cfg.model_dump(mode="json"))), **({"base": cfg.base} if cfg.base else {})}
 
 
-POLICY = StageSpec("policy", None, PolicyConfig, policy, reads=(PROBLEMS.name,))
+# A referenced model (policy.pretrained) is only checked: no GPU, so it never leaves the flow's own run.
+POLICY = StageSpec("policy", None, PolicyConfig, policy, reads=(PROBLEMS.name,), needs="gpu",
+                   gpus=lambda cfg: 0 if cfg.pretrained else 1)
 SPECS = {POLICY.name: POLICY}
 
 

@@ -69,5 +69,5 @@ def rollouts(cfg: SampleConfig, run: Run, shard: int, meter: Meter) -> Iterator[
 
 
 ROLLOUTS = StageSpec("rollouts", Rollout, SampleConfig, rollouts, reads=(PROBLEMS.name, POLICY.name),
-                     shards=lambda cfg, run: cfg.shards, retries=2)
+                     shards=lambda cfg, run: cfg.shards, retries=2, needs="gpu")
 SPECS = {ROLLOUTS.name: ROLLOUTS}

@@ -7,8 +7,11 @@ Two kinds of stage:
   far as it can be); `meter` takes what the shard refused (quarantine) and what it counted beside its rows
   (tokens, costs). The shard's rows are read back before the part appears and folded by `tally`; tally and
   meter go to a summary file beside the part, so a recount says exactly what the first count said.
-- a model stage (`record` None): `compute(cfg, run, out_dir)` writes a model directory and returns its metrics.
-The marker's metrics are `summarize(cfg, run, shard summaries)`.
+- a model stage (`record` None): `compute(cfg, run, out_dir)` writes a model directory and returns its metrics;
+  the directory is copied into the lake and the metrics kept beside it as its one summary, so a training may run
+  anywhere that reaches the lake, and one that landed is not redone.
+The marker's metrics are `summarize(cfg, run, shard summaries)`. Each stage says what it `needs` where it runs:
+a `gpu` stage (sampling, training) goes where the runner keeps its GPUs; a `cpu` stage (grading) never takes one.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -148,6 +151,9 @@ def summed(cfg: Any, run: Run, shards: list[dict]) -> dict[str, Any]:
     return {**total, **token_rate(shards)} if "tokens" in total else total
 
 
+Need = Literal["cpu", "gpu"]
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """A stage, declared once in its module."""
@@ -162,6 +168,8 @@ class StageSpec:
     summarize: Callable[[Any, Run, list[dict]], dict] = summed  # the marker's metrics, from the shards' summaries
     identity: Callable[[Any], Any] = lambda cfg: cfg  # what of the config the marker's config hash covers
     retries: int = 1
+    needs: Need = "cpu"  # what one shard or training needs where it runs (flows/fanout.py honours it)
+    gpus: Callable[[Any], int] = lambda cfg: 1  # a gpu stage: GPUs one shard or training asks for under a config
 
     @property
     def config_type(self) -> type[BaseModel]:
@@ -176,6 +184,11 @@ class StageSpec:
 
     def n_shards(self, cfg: Any, run: Run) -> int:
         return self.shards(cfg, run) if self.shards is not None else 1
+
+    def gpus_for(self, cfg: Any) -> int:
+        """GPUs one shard or training asks for under `cfg`: 0 for a cpu stage, or a config with nothing to
+        train (a pretrained policy), which then stays in the flow's own run."""
+        return self.gpus(cfg) if self.needs == "gpu" else 0
 
 
 def write_shard(spec: StageSpec, cfg: Any, run: Run, shard: int) -> dict:
@@ -218,18 +231,26 @@ def build(spec: StageSpec, cfg: Any, run: Run) -> str:
     if run.marker(spec.name) is None:
         started = time.time()
         if spec.record is None:
-            return build_model(spec, cfg, run, started)
+            return commit(spec, cfg, run, [write_model(spec, cfg, run)], started)
         commit(spec, cfg, run, [write_shard(spec, cfg, run, s) for s in range(spec.n_shards(cfg, run))], started)
     return run.uri(spec.name)
 
 
-def build_model(spec: StageSpec, cfg: Any, run: Run, started: float) -> str:
-    """A model stage: its directory made in a temporary folder, copied into the lake, then committed."""
+def write_model(spec: StageSpec, cfg: Any, run: Run) -> dict:
+    """A model stage's directory, made in a temporary folder and copied into the lake, and its metrics, kept
+    beside it (written last, so they mean the directory is whole): a training that landed earlier (a retry, a run
+    resumed after a crash) is kept. Not committed; the caller commits, wherever this ran."""
+    lake = run.store
+    metrics = lake.shard_summary(run.run_id, spec.name, 0)
+    if metrics is not None:
+        logger().info("%s: the model landed earlier, kept", spec.name)
+        return metrics
     with tempfile.TemporaryDirectory(prefix=f"mathfactory-{spec.name}-") as tmp:
         metrics = spec.compute(cfg, run, Path(tmp))
         if any(Path(tmp).iterdir()):  # a referenced model (policy.pretrained) writes nothing
-            run.store.put_dir(tmp, run.run_id, spec.name)
-    return commit(spec, cfg, run, [metrics], started)
+            lake.put_dir(tmp, run.run_id, spec.name)
+    lake.write_shard_summary(run.run_id, spec.name, 0, metrics)
+    return metrics
 
 
 def commit(spec: StageSpec, cfg: Any, run: Run, shards: list[dict], started: float) -> str:

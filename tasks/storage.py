@@ -300,6 +300,8 @@ class Lake:
     def put_dir(self, local_dir: str | Path, run_id: str, stage: str) -> str:
         """Copy a local directory (e.g. a save_pretrained model) into the stage; commit separately."""
         dest = f"{self.stage_path(run_id, stage)}/model"
+        if self.fs.exists(dest):  # an earlier attempt's partial copy: no file of it may outlive this one
+            self.fs.rm(dest, recursive=True)
         for src in sorted(Path(local_dir).rglob("*")):
             if src.is_file():
                 data = src.read_bytes()

@@ -69,7 +69,7 @@ def outputs(cfg: SynthesisConfig, run: Run, shard: int, meter: Meter) -> Iterato
 
 
 OUTPUTS = StageSpec(STAGE, SynthOutput, "mathfactory.tasks.synthesis:SynthesisConfig", outputs,
-                    reads=("seeds", "synthesizer"), shards=lambda cfg, run: cfg.generate.shards, retries=2,
+                    reads=("seeds", "synthesizer"), shards=lambda cfg, run: cfg.generate.shards, retries=2, needs="gpu",
                     identity=lambda c: {"generate": c.generate.model_dump(mode="json"),
                                         "templates": c.teacher.templates})
 SPECS = {STAGE: OUTPUTS}

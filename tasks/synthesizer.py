@@ -77,5 +77,6 @@ def _round(round: int):
 
 
 SPECS = {STAGES[r]: StageSpec(STAGES[r], None, SynthesizerConfig, _round(r),
-                              reads=(kd_stage(r),) + (("synthesizer_round1",) if r == 2 else ()), retries=0)
+                              reads=(kd_stage(r),) + (("synthesizer_round1",) if r == 2 else ()), retries=0,
+                              needs="gpu")
          for r in (1, 2)}

@@ -84,5 +84,6 @@ def _identity(method: str):
 
 
 SPECS = {stage_name(m): StageSpec(stage_name(m), None, TrainConfig, _trainer(m), identity=_identity(m),
-                                  reads=(POLICY.name, *methods.method(m).datasets), retries=0)
+                                  reads=(POLICY.name, *methods.method(m).datasets), retries=0,
+                                  needs="gpu", gpus=lambda cfg: cfg.num_processes)
          for m in TRAINED}

@@ -20,7 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mathfactory.tasks.core.cores import cgroup_cpus, threads_per_job
+
 METRICS = "metrics.json"
+# How many jobs (flow runs) this machine runs at once, e.g. a process worker's --limit (`mathfactory worker
+# --jobs N` sets both): each trainer takes its share of the cores instead of all of them.
+JOBS_ENV = "MATHFACTORY_JOBS"
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 RECIPES = Path(__file__).parent / "recipes"
 TRAINERS = ("scratch", "sft", "dpo")
 # What a model directory must hold before a trainer may start from it.
@@ -76,6 +82,34 @@ def command(spec_path: Path, num_processes: int = 1) -> list[str]:
     return [sys.executable, "-m", __name__, str(spec_path)]
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU limit (a pod's)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        limit = cgroup_cpus(CPU_MAX.read_text())
+    except OSError:
+        limit = None
+    return min(cores, limit or cores)
+
+
+def jobs_on_this_machine() -> int:
+    raw = os.environ.get(JOBS_ENV, "1")
+    try:
+        jobs = int(raw)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise ValueError(f"${JOBS_ENV}={raw!r}: expected the number of jobs this machine runs at once (1 or more)")
+    return jobs
+
+
+def trainer_threads(num_processes: int = 1) -> str:
+    """Torch threads for each trainer process: OMP_NUM_THREADS if the environment sets it (Ray sets it to a
+    task's CPUs), else this job's share of the usable cores."""
+    return os.environ.get("OMP_NUM_THREADS") or str(
+        threads_per_job(usable_cores(), jobs_on_this_machine(), num_processes))
+
+
 def launch(spec: TrainJob, num_processes: int = 1, tail: int = 25) -> dict[str, Any]:
     """Run `spec` in a child process and return its metrics; a failure raises TrainingError with its last lines."""
     if spec.init is not None:
@@ -86,7 +120,8 @@ def launch(spec: TrainJob, num_processes: int = 1, tail: int = 25) -> dict[str, 
     spec_path.write_text(json.dumps(asdict(spec)))
     cmd = command(spec_path, num_processes)
     done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          env={**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"})
+                          env={**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false",
+                               "OMP_NUM_THREADS": trainer_threads(num_processes)})
     if done.returncode != 0:
         how = (f"was killed by signal {-done.returncode}" + (" (out of memory?)" if done.returncode == -9 else "")
                if done.returncode < 0 else f"exited with status {done.returncode}")

@@ -41,10 +41,11 @@ def _summarize(cfg: VerifyConfig, run: Run, shards: list[dict]) -> dict:
     return {**total, "accuracy": summary.accuracy(total["groups"])}
 
 
-# A verdicts shard grades a rollouts shard: the two stages are sharded alike.
+# A verdicts shard grades a rollouts shard: the two stages are sharded alike. Grading needs no GPU: its shards
+# never take a gpu slot.
 VERDICTS = StageSpec("verdicts", Verdict, VerifyConfig, verdicts, reads=(PROBLEMS.name, ROLLOUTS.name),
                      shards=lambda cfg, run: len(run.marker(ROLLOUTS.name)["parts"]), tally=summary.tally,
-                     summarize=_summarize, retries=2)
+                     summarize=_summarize, retries=2, needs="cpu")
 SPECS = {VERDICTS.name: VERDICTS}
 
 

@@ -1,6 +1,7 @@
 """Training stages for real: a tiny pi_sft trained in the lake through the trainer process, then every method
 trained by TRL from lake datasets, in its own process."""
 
+import os
 import shutil
 
 import pydantic
@@ -119,3 +120,23 @@ def test_several_gpus_launch_through_accelerate(tmp_path):
     multi = trainer.command(tmp_path / "s.json", num_processes=4)
     assert multi[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "4"]
     assert multi[-3:] == ["-m", "mathfactory.tasks.trainer", str(tmp_path / "s.json")]
+
+
+def test_a_trainer_takes_its_share_of_the_cores(monkeypatch):
+    """MATHFACTORY_JOBS (set by `mathfactory worker --jobs N`) splits the usable cores between the jobs a machine
+    runs at once; OMP_NUM_THREADS, when the environment sets it (Ray does, to a task's CPUs), wins."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(trainer.JOBS_ENV, raising=False)
+    cores = trainer.usable_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    assert trainer.trainer_threads() == str(cores)  # alone: every core, as torch would take
+    monkeypatch.setenv(trainer.JOBS_ENV, "2")
+    assert trainer.trainer_threads() == str(max(1, cores // 2))
+    assert trainer.trainer_threads(num_processes=2) == str(max(1, cores // 4))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert trainer.trainer_threads() == "3"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    for bad in ("two", "0"):
+        monkeypatch.setenv(trainer.JOBS_ENV, bad)
+        with pytest.raises(ValueError, match=rf"\$MATHFACTORY_JOBS='{bad}': expected the number of jobs"):
+            trainer.trainer_threads()

@@ -11,6 +11,11 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.server.schemas.actions import WorkPoolCreate
 from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
+from mathfactory.flows.fanout import job_variables
+from mathfactory.tasks import trainer
+from mathfactory.tasks.train import SPECS as TRAININGS
+from mathfactory.tasks.train import TrainConfig
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "gpu-job-template.json"
 
 
@@ -79,6 +84,18 @@ def test_overrides_reach_the_manifest(template):
     assert {"name": shm["name"], "mountPath": "/dev/shm"} in c["volumeMounts"]
     assert c["envFrom"] == [{"secretRef": {"name": "team-lake", "optional": True}}]
     assert {"name": "MATHFACTORY_STORAGE_SECRET", "value": "lake-keys"} in c["env"]
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_a_training_runs_job_requests_the_gpus_the_training_was_given(template, gpus):
+    """What the deployment runner sets on a `train` run (flows/fanout.py:job_variables) reaches the Job: a
+    training over `gpus` processes (accelerate launch past one) asks Kubernetes for that many GPUs."""
+    spec, cfg = TRAININGS["train_dpo"], TrainConfig(num_processes=gpus)
+    variables = job_variables(spec, cfg)
+    jsonschema.validate(variables, {**template["variables"], "required": []})  # what the server checks
+    c = container(render(template, **variables))
+    assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == str(gpus)
+    assert (trainer.command(Path("job.json"), gpus)[1:3] == ["-m", "accelerate.commands.launch"]) == (gpus > 1)
 
 
 def test_the_template_holds_no_credentials(template):
