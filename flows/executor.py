@@ -1,6 +1,7 @@
 """A stage spec + its config + a Run -> the stage in the lake. The one executor: it skips a committed stage, fans a
 sharded stage's shards out where the runner says (flows/fanout.py), writes a one-shard stage or trains a model
-stage in a task of its own, and commits the marker (tasks/stage.py says what happens to one shard)."""
+stage in a task of its own, and commits the marker (tasks/stage.py says what happens to one shard). An optional
+stage whose inputs cannot make it is skipped with its reason."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from pydantic import BaseModel
 
 from mathfactory.flows.fanout import RunnerConfig, run_sharded
 from mathfactory.flows.shard import ref, resolve
-from mathfactory.tasks.stage import Run, StageSpec, build_model, commit, logger, write_shard
+from mathfactory.tasks.stage import Run, StageSpec, build_model, commit, logger, made, skipped, write_shard
 
 
-def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig | None = None) -> str:
-    """Run stage `spec` of `run` unless it is committed; its URI. Raises if the stage fails."""
+def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig | None = None) -> str | None:
+    """Run stage `spec` of `run` unless it is committed; its URI, or None when an optional stage's inputs cannot
+    make it (the reason is recorded: tasks/core/skips.py). Raises if the stage fails."""
     marker = run.marker(spec.name)
     if marker is not None:
-        logger().info("%s: already done (%s), skipping", spec.name,
-                      f"{marker['rows']} rows" if spec.record else "a model")
+        logger().info("%s: already done (%s), skipping", spec.name, made(marker))
         return run.uri(spec.name)
+    if skipped(spec, config, run):
+        return None
     started = time.time()
     if spec.record is None:
         return model_task.with_options(retries=spec.retries)(ref(spec), spec.name, config, run, started)

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mathfactory.tasks.core.skips import too_few_rows
+
 METRICS = "metrics.json"
 RECIPES = Path(__file__).parent / "recipes"
 TRAINERS = ("scratch", "sft", "dpo")
@@ -101,9 +103,10 @@ def _rows(spec: TrainJob) -> list[dict[str, Any]]:
 
 
 def check_size(dataset: str, rows: int, batch: int) -> None:
-    """A training set smaller than one batch is refused, naming it and its row count."""
-    if rows < batch:
-        raise ValueError(f"dataset {dataset} has {rows} rows, fewer than one batch of {batch}: too few to train on")
+    """A training set smaller than one batch is refused, naming it and its row count (the pipeline skips such a
+    set before it gets here: tasks/core/skips.py)."""
+    if skip := too_few_rows(f"dataset {dataset}", rows, batch):
+        raise ValueError(f"{skip.reason}: too few to train on")
 
 
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> str:
