@@ -93,8 +93,9 @@ def ls(lake: Annotated[str, typer.Option(help="Lake path or fsspec URL.")] = "./
     lk = Lake(lake)
     table = Table("run", "stages (rows)")
     for run_id in lk.runs():
-        stages = lk.stages(run_id)
-        table.add_row(run_id, "  ".join(f"{s} ({m['rows']})" for s, m in stages.items()) or "(nothing finished)")
+        stages, skipped = lk.stages(run_id), lk.skipped(run_id)
+        finished = "  ".join(f"{s} ({m['rows']})" for s, m in stages.items()) or "(nothing finished)"
+        table.add_row(run_id, finished + (f"  skipped: {', '.join(skipped)}" if skipped else ""))
     out.print(table)
 
 
@@ -106,7 +107,9 @@ def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake p
     lk = Lake(lake)
     marker = lk.marker(run_id, stage)
     if marker is None:
-        raise typer.BadParameter(f"{lk.uri(run_id, stage)} is not a finished stage (see `mathfactory ls`)")
+        why = lk.skipped(run_id).get(stage)
+        raise typer.BadParameter(f"{lk.uri(run_id, stage)} is not a finished stage"
+                                 + (f": skipped, {why['reason']}" if why else " (see `mathfactory ls`)"))
     out.print_json(json.dumps({k: marker[k] for k in ("rows", "quarantined", "seconds", "metrics") if k in marker}))
     if quarantine:
         for q in itertools.islice(lk.read_quarantine(run_id, stage), n):
@@ -218,8 +221,10 @@ def backfill(start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")]
 @app.command()
 def nightly(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None,
             date: Annotated[str | None, typer.Option(help="The night (YYYY-MM-DD; default today, UTC).")] = None,
-            incoming: Annotated[str | None, typer.Option(help="Seed-file folder (default {lake}/incoming).")] = None):
-    """Run the nightly refresh here: seed files new since the last good night -> a dated run."""
+            incoming: Annotated[str | None, typer.Option(help="Seed-file folder (default {lake}/incoming).")] = None,
+            train: Annotated[bool, typer.Option(help="Also train train.methods and evaluate (too-small sets and "
+                                                     "a missing test split are skipped).")] = False):
+    """Run the nightly refresh here: seed files new since the last good night -> a dated run of the data stages."""
     from mathfactory.flows.config import check_date
     from mathfactory.flows.nightly import nightly as refresh
     from mathfactory.flows.nightly import require_policy
@@ -233,8 +238,10 @@ def nightly(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None,
         date = check_date(date) if date else None
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="--date") from None
-    result = refresh(config=cfg, date=date, incoming=incoming)
+    result = refresh(config=cfg, date=date, incoming=incoming, train=train)
     out.print(f"{result['date']}: {result['status']}" + (f" -> {result['run_id']}" if result["run_id"] else ""))
+    for stage, why in result.get("skipped", {}).items():
+        out.print(f"  {stage} skipped: {why}", highlight=False)
 
 
 def main() -> None:

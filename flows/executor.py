@@ -1,7 +1,8 @@
 """A stage spec + its config + a Run -> the stage in the lake. The one executor: it skips a committed stage, fans a
 sharded stage's shards out where the runner says (flows/fanout.py), trains a model stage there too (a Ray task, a
 run on the gpu pool) or in a task of its own, writes a one-shard stage, and commits the marker (tasks/stage.py says
-what happens to one shard or one training)."""
+what happens to one shard or one training). An optional stage whose inputs cannot make it is skipped with its
+reason."""
 
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ from pydantic import BaseModel
 
 from mathfactory.flows.fanout import RunnerConfig, dispatch, trains_away
 from mathfactory.flows.shard import ref, resolve
-from mathfactory.tasks.stage import Run, StageSpec, commit, logger, write_model, write_shard
+from mathfactory.tasks.stage import Run, StageSpec, commit, logger, made, skipped, write_model, write_shard
 
 
-def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig | None = None) -> str:
-    """Run stage `spec` of `run` unless it is committed; its URI. Raises if the stage fails."""
+def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig | None = None) -> str | None:
+    """Run stage `spec` of `run` unless it is committed; its URI, or None when an optional stage's inputs cannot
+    make it (the reason is recorded: tasks/core/skips.py). Raises if the stage fails."""
     marker = run.marker(spec.name)
     if marker is not None:
-        logger().info("%s: already done (%s), skipping", spec.name,
-                      f"{marker['rows']} rows" if spec.record else "a model")
+        logger().info("%s: already done (%s), skipping", spec.name, made(marker))
         return run.uri(spec.name)
+    if skipped(spec, config, run):
+        return None
     started, runner = time.time(), runner or RunnerConfig()
     if spec.record is None and not trains_away(runner, spec, config):
         return model_task.with_options(retries=spec.retries)(ref(spec), spec.name, config, run, started)

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import yaml
 from prefect import flow
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -207,7 +208,12 @@ def q_values(lake: Lake, cfg: ExperimentConfig, cell: FactoryConfig, run_id: str
     return done
 
 
-@flow(name="mathfactory-experiment", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def experiment_name() -> str:
+    """The flow run's name: `experiment-{name}`; each cell's pipeline run carries its run id."""
+    return f"experiment-{ExperimentConfig.model_validate(flow_run.parameters.get('config') or {}).name}"
+
+
+@flow(name="mathfactory-experiment", flow_run_name=experiment_name, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def experiment(config: ExperimentConfig | None = None) -> dict:
     """Every cell of the sweep (finished stages skipped), then fits, multipliers and the report."""
     from mathfactory.flows import experiment_report

@@ -1,4 +1,5 @@
-"""The nightly refresh: seed files that arrived since the last good night -> a dated pipeline run. Composition only."""
+"""The nightly refresh: seed files that arrived since the last good night -> a dated run of the data stages (training
+and evaluation opt-in). Composition only."""
 
 from __future__ import annotations
 
@@ -19,15 +20,30 @@ def require_policy(config: FactoryConfig) -> None:
                           "model (deploy with `mathfactory deploy --nightly-policy URL`)")
 
 
-@flow(name="mathfactory-nightly-refresh")
-def nightly(config: FactoryConfig | None = None, date: str | None = None, incoming: str | None = None) -> dict:
-    """Process only the seed files (GSM8K-format JSONL/Parquet) new in `incoming` (default `{lake}/incoming`)
-    since the last successful night, sampled by the existing model `config.policy.pretrained`, as the run for
-    `date` (default: the scheduled day, UTC). Every row of a new file is taken and sampled: a capped night would
-    mark unread rows as processed. Rerunning a finished date does nothing."""
+def scheduled_date() -> str:
+    """The day the flow run was scheduled for, UTC."""
+    return flow_run.scheduled_start_time.astimezone(dt.timezone.utc).date().isoformat()
+
+
+def night_name() -> str:
+    """The flow run's name: the config's name and the night, e.g. `toy-nightly-2026-11-01`."""
+    params = flow_run.parameters
+    name = FactoryConfig.model_validate(params.get("config") or {}).name
+    return f"{name}-nightly-{params.get('date') or scheduled_date()}"
+
+
+@flow(name="mathfactory-nightly-refresh", flow_run_name=night_name)
+def nightly(config: FactoryConfig | None = None, date: str | None = None, incoming: str | None = None,
+            train: bool = False) -> dict:
+    """A data refresh: the seed files (GSM8K-format JSONL/Parquet) new in `incoming` (default `{lake}/incoming`)
+    since the last successful night, sampled by the existing model `config.policy.pretrained`, verified, credited
+    and made into training sets, as the run for `date` (default: the scheduled day, UTC). `train` (opt-in): also
+    train `config.train.methods` and evaluate; a set smaller than a batch, or a night without a test split, is then
+    skipped with its reason, not failed. Every row of a new file is taken and sampled: a capped night would mark
+    unread rows as processed. Rerunning a finished date does nothing."""
     config = config or FactoryConfig()
     require_policy(config)
-    date = check_date(date) if date else flow_run.scheduled_start_time.astimezone(dt.timezone.utc).date().isoformat()
+    date = check_date(date) if date else scheduled_date()
     folder = incoming or f"{config.lake.rstrip('/')}/incoming"
     log = logger()
 
@@ -46,6 +62,8 @@ def nightly(config: FactoryConfig | None = None, date: str | None = None, incomi
         "sample": config.sample.model_copy(update={"problems_per_split": None}),  # every new problem, whole
         "credit": config.credit.model_copy(update={"problems": None}),
     })
-    run_id = pipeline(config=tonight, date=date)["run_id"]
-    advance_watermark(config.lake, config.name, date, found["files"], run_id)
-    return {"date": date, "status": "refreshed", "run_id": run_id, "files": sorted(found["files"])}
+    done = pipeline(config=tonight, date=date, train=train)
+    advance_watermark(config.lake, config.name, date, found["files"], done["run_id"], done["skipped"])
+    log.info("%s: %s committed; skipped: %s", date, done["run_id"], ", ".join(done["skipped"]) or "nothing")
+    return {"date": date, "status": "refreshed", "run_id": done["run_id"], "files": sorted(found["files"]),
+            "skipped": done["skipped"]}

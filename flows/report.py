@@ -61,7 +61,17 @@ def tables(lake: Lake, run_id: str) -> Tables:
                      for name, rows, m in built]))
     if any(name.startswith(EVAL_PREFIX) for name in stages):
         out.append(_comparison(stages))
+    if skipped := lake.skipped(run_id):
+        out.append(skipped_table(skipped))
     return out
+
+
+def skipped_table(skipped: dict[str, dict]) -> tuple[str, list[str], list[list[str]]]:
+    """The optional stages the run did not run, with why (and the rows against the minimum, where that was why)."""
+    return ("skipped (not failed): optional stages the run's inputs or settings left out",
+            ["stage", "why", "rows", "minimum"],
+            [[stage, why["reason"], *("-" if why.get(k) is None else str(why[k]) for k in ("rows", "minimum"))]
+             for stage, why in skipped.items()])
 
 
 def _counts(counts: dict) -> str:

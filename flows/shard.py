@@ -36,7 +36,7 @@ def shard_task(module: str, stage: str, config: Any, run: Run, shard: int) -> di
 
 
 # The caller reads the shard's summary from this run's result, so it is persisted.
-@flow(name="mathfactory-shard", flow_run_name="{stage}-shard-{shard}", persist_result=True)
+@flow(name="mathfactory-shard", flow_run_name="{run[run_id]}-{stage}-shard-{shard}", persist_result=True)
 def run_shard(module: str, stage: str, config: dict[str, Any], run: dict[str, Any], shard: int) -> dict:
     """Write one shard of a sharded stage (rollouts, verdicts, credit, eval_*, grad_features, synth_outputs, or any
     stage a module declares in its SPECS) of `run`; a written shard is kept."""

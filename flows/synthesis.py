@@ -20,7 +20,8 @@ from mathfactory.tasks.synthesizer import SPECS as SYNTHESIZERS
 from mathfactory.tasks.synthesizer import STAGES as SYNTHESIZER
 
 
-@flow(name="mathfactory-synthesis", task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="mathfactory-synthesis", flow_run_name="{run.run_id}-synthesis",
+      task_runner=ThreadPoolTaskRunner(max_workers=1))
 def synthesis(config: SynthesisConfig, run: Run, runner: RunnerConfig | None = None) -> dict[str, str]:
     """Every synthesis stage of `run`; finished stages are skipped. Ends with `synth_problems`."""
     uris = {SEEDS.name: execute(SEEDS, config.seeds, run)}

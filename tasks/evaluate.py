@@ -15,6 +15,7 @@ from mathfactory.tasks.core import evaluation, formatting
 from mathfactory.tasks.core.grading import Grade
 from mathfactory.tasks.core.methods import METHODS
 from mathfactory.tasks.core.records import EvalResult, Problem, derive_seed, stable_id
+from mathfactory.tasks.core.skips import Skip, no_split
 from mathfactory.tasks.engines import EngineOptions, TransformersOptions, load_engine, local_model, model_name
 from mathfactory.tasks.engines.base import Completion, SamplingParams
 from mathfactory.tasks.policy import POLICY, policy_dir, policy_ref
@@ -153,7 +154,14 @@ def _summarizer(method: str):
     return summarize
 
 
+def has_split(cfg: EvalConfig, run: Run) -> Skip | None:
+    """Skipped when the run has no problems in the split evaluated on (a lake from before problems counted their
+    splits is evaluated as before)."""
+    sizes = run.metrics(PROBLEMS.name).get("splits")
+    return None if sizes is None else no_split(cfg.split, sizes)
+
+
 SPECS = {eval_stage(m.name): StageSpec(eval_stage(m.name), EvalResult, EvalConfig, _evaluator(m.name),
                                        reads=(PROBLEMS.name, train_stage(m.name)), shards=lambda cfg, run: cfg.shards,
-                                       summarize=_summarizer(m.name), retries=2, needs="gpu")
+                                       summarize=_summarizer(m.name), skip=has_split, retries=2, needs="gpu")
          for m in METHODS}

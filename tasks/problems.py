@@ -4,8 +4,9 @@ dataset with train/test splits."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from typing import Literal
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
@@ -80,5 +81,11 @@ def problems(cfg: ProblemsConfig, run: Run, shard: int, meter: Meter) -> Iterato
                 yield item
 
 
-PROBLEMS = StageSpec("problems", Problem, ProblemsConfig, problems)
+def split_sizes(rows: Iterable[Problem]) -> dict[str, Any]:
+    """A shard's figures: its rows, and how many are in each split (evaluation is skipped without its split)."""
+    splits = Counter(p.split for p in rows)
+    return {"rows": splits.total(), "splits": dict(splits)}
+
+
+PROBLEMS = StageSpec("problems", Problem, ProblemsConfig, problems, tally=split_sizes)
 SPECS = {PROBLEMS.name: PROBLEMS}

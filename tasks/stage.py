@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mathfactory.tasks.core.records import Quarantined, derive_seed
+from mathfactory.tasks.core.skips import Skip
 from mathfactory.tasks.judge import Grading
 from mathfactory.tasks.storage import Lake
 
@@ -167,6 +168,7 @@ class StageSpec:
     tally: Callable[[Iterable[Any]], dict] = count_rows  # a shard's figures, from its records
     summarize: Callable[[Any, Run, list[dict]], dict] = summed  # the marker's metrics, from the shards' summaries
     identity: Callable[[Any], Any] = lambda cfg: cfg  # what of the config the marker's config hash covers
+    skip: Callable[[Any, Run], Skip | None] | None = None  # an optional stage: why its inputs cannot make it
     retries: int = 1
     needs: Need = "cpu"  # what one shard or training needs where it runs (flows/fanout.py honours it)
     gpus: Callable[[Any], int] = lambda cfg: 1  # a gpu stage: GPUs one shard or training asks for under a config
@@ -225,10 +227,21 @@ def _refused(quarantined: Iterable[Quarantined]) -> dict[str, dict[str, int]]:
     return {"refused": dict(reasons)} if reasons else {}
 
 
-def build(spec: StageSpec, cfg: Any, run: Run) -> str:
+def skipped(spec: StageSpec, cfg: Any, run: Run, why: Skip | None = None) -> Skip | None:
+    """Why an optional stage is not run (`why`, or its own check), recorded in the lake and logged; None: run it."""
+    why = why or (spec.skip(cfg, run) if spec.skip is not None else None)
+    if why is not None:
+        run.store.skip(run.run_id, spec.name, asdict(why))
+        logger().warning("%s: skipped: %s", spec.name, why.reason)
+    return why
+
+
+def build(spec: StageSpec, cfg: Any, run: Run) -> str | None:
     """A stage built in this process, shard after shard, with no orchestration (tests, benchmarks): what the
-    executor does, minus fan-out and Prefect. A committed stage is left as it is."""
+    executor does, minus fan-out and Prefect. A committed stage is left as it is; a skipped one gives None."""
     if run.marker(spec.name) is None:
+        if skipped(spec, cfg, run):
+            return None
         started = time.time()
         if spec.record is None:
             return commit(spec, cfg, run, [write_model(spec, cfg, run)], started)
@@ -258,6 +271,19 @@ def commit(spec: StageSpec, cfg: Any, run: Run, shards: list[dict], started: flo
     metrics = spec.summarize(cfg, run, shards)
     marker = run.store.commit(run.run_id, spec.name, spec.record, config_hash=config_hash(spec.identity(cfg)),
                               seconds=round(time.time() - started, 2), metrics=metrics)
-    what = f"{marker['rows']} rows" if spec.record else "a model"
-    logger().info("%s: %s in %.1f s -> %s", spec.name, what, marker["seconds"], run.uri(spec.name))
+    logger().info("%s: %s in %.1f s -> %s", spec.name, made(marker), marker["seconds"], run.uri(spec.name))
     return run.uri(spec.name)
+
+
+def made(marker: dict) -> str:
+    """What a committed stage holds, in a few words: its rows, or the model and what it was trained on."""
+    if marker["record"]:
+        return f"{marker['rows']} rows"
+    m = marker.get("metrics", {})
+    if "pretrained" in m:
+        return f"the pretrained model {m['pretrained']} (referenced, not copied)"
+    if "steps" not in m:
+        return "a model"
+    on = " + ".join(d.rsplit("/", 1)[-1] for d in m.get("datasets", [])) or m.get("dataset", "").rsplit("/", 1)[-1]
+    loss = f", loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}" if "final_loss" in m else ""
+    return f"a model trained on {m.get('train_rows', '?')} rows{f' of {on}' if on else ''} ({m['steps']} steps{loss})"

@@ -38,6 +38,7 @@ from mathfactory.tasks.core.records import RENAMED, SCHEMA_VERSION, Quarantined
 
 R = TypeVar("R")
 MARKER = "_SUCCESS.json"
+SKIPPED = "_SKIPPED.json"  # an optional stage whose inputs could not make it: why (tasks/core/skips.py)
 SECRET_ENV = "MATHFACTORY_STORAGE_SECRET"
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 _CACHE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]+")  # a file name on every store, never a temp file's
@@ -294,6 +295,22 @@ class Lake:
             stage = path.rsplit("/", 2)[1]
             found[stage] = self.marker(run_id, stage)
         return dict(sorted(found.items(), key=lambda kv: kv[1]["committed_at"]))
+
+    def skip(self, run_id: str, stage: str, why: dict) -> None:
+        """Record why `stage` was not run, where it would have been (replaced by the next check)."""
+        data = json.dumps({"run_id": run_id, "stage": stage, **why, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                          time.gmtime())}, indent=2, sort_keys=True).encode()
+        _atomic_write(self.fs, f"{self.stage_path(run_id, stage)}/{SKIPPED}", lambda f: f.write(data))
+
+    def skipped(self, run_id: str) -> dict[str, dict]:
+        """The run's skipped stages with why, by stage name (a stage committed since is not skipped)."""
+        found = {}
+        for path in sorted(self.fs.glob(f"{self.root}/runs/{run_id}/*/{SKIPPED}")):
+            stage = path.rsplit("/", 2)[1]
+            if self.marker(run_id, stage) is None:
+                with self.fs.open(path, "rb") as f:
+                    found[stage] = json.load(f)
+        return found
 
     # -- directories (model checkpoints) ----------------------------------------------------------------
 

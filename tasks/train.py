@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core import methods
 from mathfactory.tasks.core.methods import TRAINED
+from mathfactory.tasks.core.skips import Skip, too_few_rows
 from mathfactory.tasks.pairs import SETS
 from mathfactory.tasks.policy import POLICY, policy_dir, policy_ref
 from mathfactory.tasks.stage import Run, StageSpec
@@ -55,25 +56,48 @@ def trl_args(cfg: TrainConfig, method: str, seed: int) -> dict[str, Any]:
             **cfg.trl_args.get(method, {})}
 
 
+def from_base(cfg: TrainConfig, method: str) -> bool:
+    return methods.method(method).trainer == "sft" and cfg.base is not None
+
+
+def train_sets(cfg: TrainConfig, method: str) -> tuple[str, ...]:
+    """The training sets `method` reads. From the base, RFT is SFT on D_syn plus the positives (the paper's
+    D_syn u D+), not the positives alone."""
+    return ("sft",) * from_base(cfg, method) + methods.datasets_for(method)
+
+
+def min_rows(cfg: TrainConfig, method: str) -> int:
+    """One optimizer step's rows: the batch per device times accumulation times processes (TRL's default batch
+    is 8)."""
+    args = trl_args(cfg, method, 0)
+    return args.get("per_device_train_batch_size", 8) * args.get("gradient_accumulation_steps", 1) * cfg.num_processes
+
+
+def _ready(method: str):
+    def too_small(cfg: TrainConfig, run: Run) -> Skip | None:
+        """Skipped, not failed, when the sets (counted from their markers) hold less than one batch."""
+        names = train_sets(cfg, method)
+        rows = sum(run.marker(ds)["rows"] for ds in names)
+        return too_few_rows(" + ".join(names), rows, min_rows(cfg, method))
+
+    return too_small
+
+
 def _trainer(method: str):
     def train(cfg: TrainConfig, run: Run, out_dir: Path) -> dict[str, Any]:
         """The method's dataset(s) -> a model directory, with its metrics."""
-        trainer = methods.method(method).trainer
-        from_base = trainer == "sft" and cfg.base
-        # From the base, RFT is SFT on D_syn plus the positives (the paper's D_syn u D+), not the positives alone.
-        names = ("sft",) * bool(from_base) + methods.datasets_for(method)
-        args = trl_args(cfg, method, run.seed)
+        names, args = train_sets(cfg, method), trl_args(cfg, method, run.seed)
         rows = [asdict(r) for ds in names for r in run.read(SETS[ds])]
         uris = [run.uri(ds) for ds in names]
-        # Checked here too, so a set that is too small fails before a process starts (TRL's default batch is 8).
-        check_size(" + ".join(uris), len(rows), args.get("per_device_train_batch_size", 8)
-                   * args.get("gradient_accumulation_steps", 1) * cfg.num_processes)
-        init = run.store.model(cfg.base) if from_base else policy_dir(run)
+        # Checked here too, so a set that is too small fails before a process starts.
+        check_size(" + ".join(uris), len(rows), min_rows(cfg, method))
+        init = run.store.model(cfg.base) if from_base(cfg, method) else policy_dir(run)
         with tempfile.TemporaryDirectory(prefix=f"mathfactory-{method}-") as tmp:
-            job = TrainJob(trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(out_dir), " + ".join(uris),
-                           str(init), args)
+            job = TrainJob(methods.method(method).trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(out_dir),
+                           " + ".join(uris), str(init), args)
             metrics = launch(job, cfg.num_processes)
-        return {"method": method, "datasets": uris, "init": cfg.base if from_base else policy_ref(run), **metrics}
+        return {"method": method, "datasets": uris, "init": cfg.base if from_base(cfg, method) else policy_ref(run),
+                **metrics}
 
     return train
 
@@ -84,6 +108,6 @@ def _identity(method: str):
 
 
 SPECS = {stage_name(m): StageSpec(stage_name(m), None, TrainConfig, _trainer(m), identity=_identity(m),
-                                  reads=(POLICY.name, *methods.method(m).datasets), retries=0,
+                                  reads=(POLICY.name, *methods.method(m).datasets), skip=_ready(m), retries=0,
                                   needs="gpu", gpus=lambda cfg: cfg.num_processes)
          for m in TRAINED}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mathfactory.tasks.core.cores import cgroup_cpus, threads_per_job
+from mathfactory.tasks.core.skips import too_few_rows
 
 METRICS = "metrics.json"
 # How many jobs (flow runs) this machine runs at once, e.g. a process worker's --limit (`mathfactory worker
@@ -136,9 +137,10 @@ def _rows(spec: TrainJob) -> list[dict[str, Any]]:
 
 
 def check_size(dataset: str, rows: int, batch: int) -> None:
-    """A training set smaller than one batch is refused, naming it and its row count."""
-    if rows < batch:
-        raise ValueError(f"dataset {dataset} has {rows} rows, fewer than one batch of {batch}: too few to train on")
+    """A training set smaller than one batch is refused, naming it and its row count (the pipeline skips such a
+    set before it gets here: tasks/core/skips.py)."""
+    if skip := too_few_rows(f"dataset {dataset}", rows, batch):
+        raise ValueError(f"{skip.reason}: too few to train on")
 
 
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> str:

@@ -12,6 +12,24 @@ TINY_MODEL = dict(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, int
                   max_steps=20, batch_size=8, learning_rate=3e-3)
 
 
+def tiny_policy(out: Path) -> Path:
+    """An existing model for a run to sample with (policy.pretrained, as the nightly refresh needs): the tiny
+    preset's pi_sft on 32 toy problems, trained here in seconds."""
+    from mathfactory.flows.config import load_preset
+    from mathfactory.tasks.domains import toy
+    from mathfactory.tasks.policy import train_policy
+
+    train_policy(load_preset(str(TINY_PRESET)).policy, toy.generate(32, "train", 0), out)
+    return out
+
+
+def seed_rows(start: int, n: int) -> list[dict]:
+    """GSM8K-format seed rows, as a user (or the nightly refresh's incoming folder) supplies them."""
+    return [{"question": f"Noa has {i} pens. Noa buys 3 more pens. How many pens does Noa have now?",
+             "answer": f"Noa buys 3, so {i}+3=<<{i}+3={i + 3}>>{i + 3} pens.\n#### {i + 3}"}
+            for i in range(start, start + n)]
+
+
 def toy_training_sets(problems: list) -> tuple[list, list]:
     """SFT rows (the reference solutions) and per-step pairs (reference vs the same solution with its first
     result off by one, the pit at step 0) for toy problems: training sets with a signal, without a policy good

@@ -98,8 +98,12 @@ def test_bad_input_is_refused_with_the_reason(lake, tmp_path):
         stage_name("sft")
 
     big_batch = TrainConfig(trl_args={"rft": {"per_device_train_batch_size": 128}})
+    assert train_model(big_batch, "rft", lake.root, run) is None  # skipped, not failed, with why
+    why = lake.skipped(run)["train_rft"]
+    assert (why["reason"], why["rows"], why["minimum"]) == ("rft has 64 rows, fewer than one batch of 128", 64, 128)
+    assert lake.marker(run, "train_rft") is None
     with pytest.raises(ValueError, match=r"dataset .*/rft has 64 rows, fewer than one batch of 128"):
-        train_model(big_batch, "rft", lake.root, run)
+        SPECS["train_rft"].compute(big_batch, Run(lake=lake.root, run_id=run), tmp_path / "out")  # the trainer's guard
 
     broken = tmp_path / "broken"
     shutil.copytree(policy_dir(Run(lake=lake.root, run_id=RUN)), broken)

@@ -3,6 +3,7 @@ stops), `mathfactory deploy` from infra/prefect.yaml, backfills run by the worke
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,13 +22,15 @@ from prefect.client.schemas.filters import (
     DeploymentFilterName,
     FlowRunFilter,
     FlowRunFilterName,
+    LogFilter,
+    LogFilterFlowRunId,
 )
-from support import REPO, TINY_PRESET
+from support import REPO, TINY_PRESET, seed_rows, tiny_policy
 
 from mathfactory.flows.config import FactoryConfig, load_preset
 from mathfactory.flows.deploy import GPU_TEMPLATE, PREFECT_FILE
 from mathfactory.tasks.core.records import Verdict
-from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.storage import Lake, write_file_rows
 
 BIN = REPO / ".venv" / "bin"
 DATES = ["2026-11-01", "2026-11-02"]
@@ -118,10 +121,16 @@ def api(st: Stack):
         yield client
 
 
+def nightly_policy(stack: Stack) -> Path:
+    """Where the deployed nightly refresh finds its model (test_the_nightly_refresh_... puts one there)."""
+    return stack.tmp / "nightly-policy"
+
+
 @pytest.fixture(scope="module")
 def deployed(stack) -> subprocess.CompletedProcess:
     started = time.monotonic()
-    result = stack.mf("deploy", "--gpus", "2", "--crash-after", str(CRASH_AFTER))
+    result = stack.mf("deploy", "--gpus", "2", "--crash-after", str(CRASH_AFTER),
+                      "--nightly-policy", str(nightly_policy(stack)))
     stack.seconds["deploy"] = round(time.monotonic() - started, 1)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -144,6 +153,7 @@ def test_prefect_yaml_form_defaults_are_the_toy_preset():
     nightly = dict(by_name["nightly-refresh"]["parameters"]["config"])
     assert nightly.pop("policy") == {"pretrained": "{{ $MATHFACTORY_NIGHTLY_POLICY }}"}
     assert FactoryConfig.model_validate(nightly) == load_preset("toy")
+    assert by_name["nightly-refresh"]["parameters"]["train"] is False
 
 
 def test_deploy_creates_pools_limit_and_deployments_and_reruns_in_place(stack, deployed):
@@ -152,7 +162,8 @@ def test_deploy_creates_pools_limit_and_deployments_and_reruns_in_place(stack, d
     with api(stack) as client:
         first = {d.name: d for d in client.read_deployments()}
         assert set(first) == {d["name"] for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
-        again = stack.mf("deploy", "--gpus", "2", "--crash-after", str(CRASH_AFTER))
+        again = stack.mf("deploy", "--gpus", "2", "--crash-after", str(CRASH_AFTER),
+                         "--nightly-policy", str(nightly_policy(stack)))
         assert again.returncode == 0, again.stdout + again.stderr
         assert "work pool cpu (process): unchanged" in again.stdout
         assert "automation mathfactory-crash-unresponsive-runs: unchanged" in again.stdout
@@ -169,7 +180,8 @@ def test_deploy_creates_pools_limit_and_deployments_and_reruns_in_place(stack, d
                                      {"directory": "{{ $MATHFACTORY_HOME }}"}}] for d in second.values())
         assert "config" in pipeline.parameter_openapi_schema["properties"]  # the UI's form
         nightly = second["nightly-refresh"]
-        assert nightly.parameters["config"]["policy"] == {"pretrained": ""}  # refuses clearly until one is given
+        assert nightly.parameters["config"]["policy"] == {"pretrained": str(nightly_policy(stack))}
+        assert nightly.parameters["train"] is False  # a data refresh unless the form's switch says otherwise
         assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
 
         assert client.read_work_pool("cpu").type == "process"
@@ -307,3 +319,100 @@ def test_deploy_with_the_api_down_names_the_url(stack):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and url in output
     assert "Traceback" not in output and len(output.strip().splitlines()) <= 2, output
+
+
+NIGHTS = ["2026-12-01", "2026-12-02"]
+
+
+def night(stack: Stack, parameters: dict) -> tuple[object, dict]:
+    """One run of the deployed nightly refresh on the worker, awaited; the flow run and the lake's watermark."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    started = time.monotonic()
+    with temporary_settings({PREFECT_API_URL: stack.url}):
+        flow_run = run_deployment("mathfactory-nightly-refresh/nightly-refresh", parameters=parameters,
+                                  timeout=240, poll_interval=1, as_subflow=False)
+    stack.seconds[f"night {parameters['date']}, trigger to final"] = round(time.monotonic() - started, 1)
+    assert flow_run.state.is_completed(), (flow_run.state, (stack.tmp / "worker.log").read_text()[-3000:])
+    return flow_run, Lake(parameters["config"]["lake"]).read_state("nightly/toy")
+
+
+def test_the_deployed_nightly_refresh_commits_a_small_night_and_skips_what_it_cannot_train(stack, worker, tmp_path):
+    """The nightly-refresh deployment with the values `mathfactory deploy` registered (the lake aside) and a 5-row
+    incoming file: the night's data is committed, the watermark advances, and the model stages are skipped with
+    why. With the form's `train` switch on, a method whose set is smaller than a batch is skipped with its rows
+    and the minimum, and evaluation for want of a test split; the night still completes."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from mathfactory.tasks.pairs import SETS
+    from mathfactory.tasks.train import min_rows, train_sets
+
+    tiny_policy(nightly_policy(stack))
+    with api(stack) as client:
+        form = client.read_deployment_by_name("mathfactory-nightly-refresh/nightly-refresh").parameters
+    assert form["config"]["policy"] == {"pretrained": str(nightly_policy(stack))} and form["train"] is False
+    lake_dir = tmp_path / "lake"
+    config = {**form["config"], "lake": str(lake_dir)}  # where the lake is is not part of a run's identity
+    cfg, lake = FactoryConfig.model_validate(config), Lake(str(lake_dir))
+    write_file_rows(str(lake_dir / "incoming" / "a.jsonl"), seed_rows(0, 5))
+
+    # Night 1, the deployed defaults: a data refresh.
+    flow_run, mark = night(stack, {"config": config, "date": NIGHTS[0]})
+    tonight = mark["nights"][NIGHTS[0]]
+    run_id = tonight["run_id"]
+    assert mark["last_date"] == NIGHTS[0] and tonight["files"] == [str(lake_dir / "incoming" / "a.jsonl")]
+    stages = lake.stages(run_id)
+    assert stages["problems"]["rows"] == 5 and stages["verdicts"]["rows"] == 5 * cfg.sample.n
+    assert {"credit", *SETS} <= set(stages) and not any(s.startswith(("train_", "eval_")) for s in stages)
+    off = {f"train_{m}": "training is opt-in and off for this run (train=false)" for m in cfg.train.methods}
+    off["eval_sft"] = "evaluation is opt-in and off for this run (train=false)"
+    assert {s: why["reason"] for s, why in lake.skipped(run_id).items()} == off == tonight["skipped"]
+    with api(stack) as client:
+        # Named after what they are: the night, and the run it made.
+        assert client.read_flow_run(flow_run.id).name == f"toy-nightly-{NIGHTS[0]}"
+        (pipeline_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
+        assert pipeline_run.parent_task_run_id is not None and pipeline_run.state.is_completed()
+        key = re.sub(r"[^a-z0-9-]", "-", f"mathfactory-{run_id}".lower())
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert "skipped (not failed)" in artifact.data
+    assert all(f"| {stage} | {why} |" in artifact.data for stage, why in off.items())
+
+    # Night 2, the form's switch on: each method trains on its set, or is skipped for want of rows.
+    write_file_rows(str(lake_dir / "incoming" / "b.jsonl"), seed_rows(10, 5))
+    _, mark = night(stack, {"config": config, "date": NIGHTS[1], "train": True})
+    tonight = mark["nights"][NIGHTS[1]]
+    run_id, skipped = tonight["run_id"], lake.skipped(tonight["run_id"])
+    assert mark["last_date"] == NIGHTS[1] and tonight["files"] == [str(lake_dir / "incoming" / "b.jsonl")]
+    stages = lake.stages(run_id)
+    assert stages["problems"]["rows"] == 5 and {"credit", *SETS} <= set(stages)
+    trained = []
+    for method in cfg.train.methods:
+        rows = sum(stages[s]["rows"] for s in train_sets(cfg.train, method))
+        if rows >= min_rows(cfg.train, method):
+            assert f"train_{method}" in stages
+            trained.append(method)
+        else:
+            assert {k: skipped[f"train_{method}"][k] for k in ("rows", "minimum")} == {
+                "rows": rows, "minimum": min_rows(cfg.train, method)}
+            assert f"fewer than one batch of {min_rows(cfg.train, method)}" in skipped[f"train_{method}"]["reason"]
+    assert "rft" not in trained  # a 4-step policy solves nothing: no positives to fine-tune on
+    for method in ["sft", *trained]:  # incoming files have no test split
+        assert skipped[f"eval_{method}"]["reason"] == "no test problems to evaluate on (the run's problems: 5 train)"
+    assert tonight["skipped"] == {s: why["reason"] for s, why in skipped.items()}
+    assert set(skipped) == {f"train_{m}" for m in cfg.train.methods if m not in trained} | {
+        f"eval_{m}" for m in ["sft", *trained]}
+    # The run's log says what each model stage made, or why it was skipped.
+    with api(stack) as client:
+        (pipeline_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
+        of_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline_run.id]))
+        logs, page = [], client.read_logs(log_filter=of_run, limit=200)
+        while page:
+            logs += [log.message for log in page]
+            page = client.read_logs(log_filter=of_run, limit=200, offset=len(logs))
+    assert any(m.startswith(f"policy: the pretrained model {nightly_policy(stack)} (referenced") for m in logs)
+    for method in trained:
+        made = f"train_{method}: a model trained on {stages[f'train_{method}']['metrics']['train_rows']} rows of " \
+               f"{' + '.join(train_sets(cfg.train, method))} ("
+        assert any(m.startswith(made) for m in logs), (made, logs)
+    assert all(f"{stage}: skipped: {why['reason']}" in logs for stage, why in skipped.items())

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import TINY_PRESET
+from support import TINY_PRESET, seed_rows, tiny_policy
 from typer.testing import CliRunner
 
 from mathfactory.flows.cli import app
@@ -18,12 +18,6 @@ from mathfactory.tasks.incoming import watermark_key
 from mathfactory.tasks.storage import Lake, list_files, write_file_rows
 
 cli = CliRunner(env={"COLUMNS": "400"})
-
-
-def seed_rows(start: int, n: int) -> list[dict]:
-    return [{"question": f"Noa has {i} pens. Noa buys 3 more pens. How many pens does Noa have now?",
-             "answer": f"Noa buys 3, so {i}+3=<<{i}+3={i + 3}>>{i + 3} pens.\n#### {i + 3}"}
-            for i in range(start, start + n)]
 
 
 def lake_snapshot(lake: Lake) -> dict[str, object]:
@@ -54,13 +48,8 @@ def test_state_documents_and_folder_listing_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> Path:
-    """An existing model for the refresh to sample with (the tiny preset's, trained once)."""
-    from mathfactory.tasks.domains import toy
-    from mathfactory.tasks.policy import train_policy
-
-    out = tmp_path_factory.mktemp("policy")
-    train_policy(load_preset(str(TINY_PRESET)).policy, toy.generate(32, "train", 0), out)
-    return out
+    """An existing model for the refresh to sample with (trained once)."""
+    return tiny_policy(tmp_path_factory.mktemp("policy"))
 
 
 def test_a_nightly_needs_an_existing_policy(prefect_api, tmp_path):
@@ -93,6 +82,9 @@ def test_three_nights_process_only_new_files_and_a_failed_night_leaves_the_water
     assert stages["verdicts"]["rows"] == 5 * cfg.sample.n
     mark = lake.read_state(key)
     assert mark["last_date"] == "2026-11-01" and set(mark["files"]) == set(first["files"])
+    # A data refresh: no model stage ran, and the night says so (the tiny preset trains no method).
+    assert first["skipped"] == {"eval_sft": "evaluation is opt-in and off for this run (train=false)"}
+    assert mark["nights"]["2026-11-01"]["skipped"] == first["skipped"] and "eval_sft" not in stages
     night1 = lake_snapshot(lake)
 
     # The same night again: nothing to do, nothing written.

@@ -102,6 +102,9 @@ def test_seed_files_and_a_pretrained_policy(run, tmp_path):
     assert stages["problems"]["rows"] == 5 and stages["problems"]["quarantined"] == 1
     assert stages["policy"]["metrics"]["pretrained"] == str(trained)
     assert stages["verdicts"]["rows"] == 5 * nightly.sample.n  # only the train split exists
+    # Nothing to evaluate on: skipped with why, and the run completes.
+    assert "eval_sft" not in stages and Lake(cfg.lake).skipped(run_id)["eval_sft"]["reason"] == \
+        "no test problems to evaluate on (the run's problems: 5 train)"
 
 
 @pytest.mark.parametrize("source", ["gsm8k", "math500"])
@@ -138,12 +141,14 @@ def test_the_real_test_sets_flow_through_every_stage(run, shared_data, source):
 METHODS = ["rft", "af_rft", "dpo", "step_dpo", "edit_dpo"]
 
 
-def test_every_method_is_trained_evaluated_and_compared_and_a_failed_one_named(run):
+def test_every_method_is_trained_evaluated_and_compared_a_small_set_skipped_and_a_failed_one_named(run):
     """The tiny run's data with toy training sets in place of its tiny ones (a 4-step policy solves nothing),
-    except dpo_edit: edit_dpo fails on its set (a reference pair per problem, fewer than a batch), the other
-    methods still train and are evaluated."""
+    except dpo_edit: edit_dpo's set (a reference pair per problem) is smaller than a batch, so it is skipped with
+    its rows and the minimum; dpo's trainer is given an argument TRL does not know, a genuine failure that fails
+    the run naming it. The other methods still train and are evaluated."""
     cfg, _ = run
-    sets = [f"train.methods={json.dumps(METHODS)}", *(f"train.trl_args.{m}.max_steps=2" for m in METHODS)]
+    sets = [f"train.methods={json.dumps(METHODS)}", *(f"train.trl_args.{m}.max_steps=2" for m in METHODS),
+            "train.trl_args.dpo.no_such_argument=1"]
     full = load_preset(str(TINY_PRESET), [f"lake={cfg.lake}", *sets])
     lake, src, run_id = Lake(cfg.lake), cfg.run_id(), full.run_id()
     for stage in ("problems", "policy", "rollouts", "verdicts", "credit", *DATASETS):
@@ -158,11 +163,18 @@ def test_every_method_is_trained_evaluated_and_compared_and_a_failed_one_named(r
     result = cli.invoke(app, ["run", "--preset", str(TINY_PRESET), "--lake", cfg.lake,
                               *(a for s in sets for a in ("--set", s))])
     assert result.exit_code == 1, result.output
-    assert "training failed for edit_dpo" in result.output
-    assert re.search(r"dpo_edit has \d rows, fewer than one batch of 8", result.output)
+    assert "training failed for dpo (the rest finished)" in result.output and "no_such_argument" in result.output
+    edit_rows = lake.marker(run_id, "dpo_edit")["rows"]
+    assert 0 < edit_rows < 8
+    why = f"dpo_edit has {edit_rows} rows, fewer than one batch of 8"
+    skipped = lake.skipped(run_id)
+    assert list(skipped) == ["train_edit_dpo"]
+    assert {k: skipped["train_edit_dpo"][k] for k in ("reason", "rows", "minimum")} == {
+        "reason": why, "rows": edit_rows, "minimum": 8}
+    assert re.search(rf"train_edit_dpo\s*│\s*{why}\s*│\s*{edit_rows}\s*│\s*8", result.output)  # the report
     stages = lake.stages(run_id)
-    trained = [m for m in METHODS if m != "edit_dpo"]
-    assert {f"train_{m}" for m in trained} <= set(stages) and "train_edit_dpo" not in stages
+    trained = [m for m in METHODS if m not in ("dpo", "edit_dpo")]
+    assert {f"train_{m}" for m in trained} <= set(stages) and not {"train_dpo", "train_edit_dpo"} & set(stages)
     assert {f"eval_{m}" for m in ["sft", *trained]} <= set(stages)
     assert all(stages[f"train_{m}"]["metrics"]["steps"] == 2 for m in trained)
     assert stages["train_af_rft"]["metrics"]["train_rows"] == 40
@@ -171,3 +183,6 @@ def test_every_method_is_trained_evaluated_and_compared_and_a_failed_one_named(r
         assert re.search(rf"\b{m}\b.*%", result.output), f"no {m} row in the comparison table"
     listed = cli.invoke(app, ["ls", "--lake", cfg.lake])
     assert "train_step_dpo" in listed.output and "eval_step_dpo" in listed.output
+    assert "skipped: train_edit_dpo" in listed.output
+    shown = cli.invoke(app, ["show", run_id, "train_edit_dpo", "--lake", cfg.lake])
+    assert shown.exit_code != 0 and f"skipped, {why}" in shown.output
