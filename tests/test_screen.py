@@ -6,6 +6,7 @@ import json
 import pytest
 
 from mathfactory.flows.config import load_preset
+from mathfactory.flows.report import tables
 from mathfactory.tasks.core.gates import Decontaminator
 from mathfactory.tasks.core.records import Problem
 from mathfactory.tasks.domains import gsm8k
@@ -108,7 +109,7 @@ def test_gsm8k_train_loses_its_near_copies_of_test_questions(tmp_path, shared_da
     assert gates["kept"] + len(quarantined) == len(train) and len(quarantined) < 20
 
 
-def test_a_dated_run_drops_what_an_earlier_date_already_has(tmp_path):
+def test_a_dated_run_drops_what_an_earlier_date_already_has(tmp_path, shared_data):
     lake = tmp_path / "lake"
     night1 = ProblemsConfig(source="files", n_train=None,
                             files=[write(tmp_path / "n1.jsonl", [row(FERRY), row(QUILT)])])
@@ -126,6 +127,10 @@ def test_a_dated_run_drops_what_an_earlier_date_already_has(tmp_path):
         f"with nightly-2026-11-01-0000aaaa problem {ids[QUILT]}")
     gates = run.metrics("problems")["gates"]
     assert (gates["earlier_runs"], gates["earlier_problems"]) == (1, 2)
+    title, _, rows = next(t for t in tables(run.store, run.run_id) if t[0].startswith("problem gates"))
+    assert title == "problem gates: 1 of 3 train problems kept (1819 test items; 2 problems of 1 earlier runs)"
+    assert rows == [["decontaminate", "3", "0", "100.0%"], ["duplicate", "3", "1", "66.7%"],
+                    ["near_duplicate", "2", "1", "50.0%"]]
     # An undated run has no earlier dates; `lake` checks every other run.
     _, kept, _ = built(lake, "nightly-2222cccc", night2)
     assert len(kept) == 3
