@@ -4,7 +4,9 @@ this on every source before anything is sampled); each one dropped is quarantine
 Gates, in order: `decontaminate` (the problem and a test item share most of their word n-grams; test items: the
 run's own test split, the named benchmarks and the user's files), `duplicate` / `near_duplicate` (the same words,
 or MinHash Jaccard >= threshold, as a train problem kept before it in this run, then as a problem of an earlier
-run in the lake). The lake's problems stream past an index of this run's, so memory follows the run, not the lake.
+run in the lake). The lake's problems stream past an index of this run's, so memory follows the run, not the lake;
+each run keeps its kept problems' keys in `problems/_sketches/` (ProblemSketch), so later runs read those instead
+of sketching the texts again (a run from before has its train questions read and sketched instead).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mathfactory.tasks.core.dedup import Repeats, earlier_runs
 from mathfactory.tasks.core.gates import Decontaminator
-from mathfactory.tasks.core.records import Problem
+from mathfactory.tasks.core.records import Problem, ProblemSketch
 from mathfactory.tasks.gate import benchmark_items
 from mathfactory.tasks.stage import Meter, Run
-from mathfactory.tasks.storage import DataError, iter_file_rows
+from mathfactory.tasks.storage import DataError, Lake, iter_file_rows
 
 GATES = ("decontaminate", "duplicate", "near_duplicate")
+SKETCHES = "_sketches"
 
 
 class ProblemGatesConfig(BaseModel):
@@ -76,10 +79,10 @@ def test_items(cfg: ProblemGatesConfig, own: Iterable[Problem]) -> Iterator[tupl
             yield origin, text
 
 
-def screened(cfg: ProblemGatesConfig, run: Run, train: list[Problem], test: list[Problem], meter: Meter
-             ) -> list[Problem]:
+def screened(cfg: ProblemGatesConfig, run: Run, train: list[Problem], test: list[Problem], meter: Meter,
+             shard: int = 0) -> list[Problem]:
     """The train problems that pass every gate, in their order; the rest refused as `gate: reason`, and what each
-    gate dropped counted (`gates`)."""
+    gate dropped counted (`gates`). The kept problems' keys are written beside the stage's part `shard`."""
     t0 = time.perf_counter()
     contamination = Decontaminator(test_items(cfg, test), n=cfg.ngram, coverage=cfg.coverage)
     repeats = Repeats(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
@@ -94,8 +97,7 @@ def screened(cfg: ProblemGatesConfig, run: Run, train: list[Problem], test: list
     earlier = [r for r in earlier_runs(run.run_id, run.store.runs(), cfg.against)
                if r != run.run_id and run.store.marker(r, "problems") is not None]
     for other in earlier:
-        for problem_id, question in run.store.read_columns(other, "problems", ["problem_id", "question"]):
-            repeats.earlier(f"{other} problem {problem_id}", question)
+        stream_earlier(run.store, other, repeats)
     final = [r if r is not None else repeats.repeated.get(p.problem_id) for p, r in zip(train, reasons, strict=True)]
     kept = []
     for p, reason in zip(train, final, strict=True):
@@ -104,7 +106,28 @@ def screened(cfg: ProblemGatesConfig, run: Run, train: list[Problem], test: list
         else:
             meter.refuse(p.problem_id, reason, p.question)
     dropped = Counter(r.split(":", 1)[0] for r in final if r)
+    run.store.write_part(run.run_id, f"{meter.stage}/{SKETCHES}", shard, ProblemSketch,
+                         repeats.sketches(p.problem_id for p in kept))
     meter.add(gates={"checked": len(train), "kept": len(kept), "dropped": {g: dropped.get(g, 0) for g in GATES},
                      "test_items": len(contamination.origins), "earlier_runs": len(earlier),
                      "earlier_problems": repeats.streamed, "seconds": round(time.perf_counter() - t0, 2)})
     return kept
+
+
+def stream_earlier(lake: Lake, run_id: str, repeats: Repeats) -> None:
+    """An earlier run's train problems past `repeats`: their stored keys, or (for a run from before they were
+    stored, or drawn with other permutations) their questions."""
+    unsketched: set[str] | None = None
+    if lake.has_part(run_id, f"problems/{SKETCHES}", 0):
+        unsketched = set()
+        for row in lake.read_part(run_id, f"problems/{SKETCHES}", 0, ProblemSketch):
+            stored = repeats.stored(row)
+            if stored is None:
+                unsketched.add(row.problem_id)
+            else:
+                repeats.earlier_sketch(f"{run_id} problem {row.problem_id}", *stored)
+    if unsketched == set():
+        return
+    for problem_id, split, question in lake.read_columns(run_id, "problems", ["problem_id", "split", "question"]):
+        if split == "train" and (unsketched is None or problem_id in unsketched):
+            repeats.earlier(f"{run_id} problem {problem_id}", question)

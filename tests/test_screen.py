@@ -2,13 +2,14 @@
 dated runs in one lake: every dropped train problem is quarantined with its gate and reason, and counted."""
 
 import json
+import shutil
 
 import pytest
 
 from mathfactory.flows.config import load_preset
 from mathfactory.flows.report import tables
 from mathfactory.tasks.core.gates import Decontaminator
-from mathfactory.tasks.core.records import Problem
+from mathfactory.tasks.core.records import Problem, ProblemSketch
 from mathfactory.tasks.domains import gsm8k
 from mathfactory.tasks.problems import PROBLEMS, ProblemsConfig
 from mathfactory.tasks.screen import ProblemGatesConfig
@@ -109,13 +110,20 @@ def test_gsm8k_train_loses_its_near_copies_of_test_questions(tmp_path, shared_da
     assert gates["kept"] + len(quarantined) == len(train) and len(quarantined) < 20
 
 
-def test_a_dated_run_drops_what_an_earlier_date_already_has(tmp_path, shared_data):
+@pytest.mark.parametrize("keys", ["stored", "from the text"])
+def test_a_dated_run_drops_what_an_earlier_date_already_has(tmp_path, shared_data, keys):
+    """Night 1's keys are read from its `_sketches` beside its problems, or (a run from before they were kept)
+    computed from its questions: the same problems are dropped either way."""
     lake = tmp_path / "lake"
     night1 = ProblemsConfig(source="files", n_train=None,
                             files=[write(tmp_path / "n1.jsonl", [row(FERRY), row(QUILT)])])
     night2 = night1.model_copy(update={"files": [write(tmp_path / "n2.jsonl", [
-        row(FERRY.replace("  ", " ")), row(QUILT.replace("quilt?", "quilts?")), row(OWN_TEST)])]})
+        row(FERRY.replace(" ", "  ")), row(QUILT.replace("quilt?", "quilts?")), row(OWN_TEST)])]})
     first, _, _ = built(lake, "nightly-2026-11-01-0000aaaa", night1)
+    sketches = lake / "runs/nightly-2026-11-01-0000aaaa/problems/_sketches"
+    assert len(list(first.store.read_part(first.run_id, "problems/_sketches", 0, ProblemSketch))) == 2
+    if keys == "from the text":
+        shutil.rmtree(sketches)
     run, kept, quarantined = built(lake, "nightly-2026-11-02-1111bbbb", night2)
     ids = {p.question: p.problem_id for p in first.read(PROBLEMS)}
     assert [p.question for p in kept] == [OWN_TEST]

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from datasketch import LeanMinHash
 
 from mathfactory.tasks.core.gates import NearDuplicates, normalize
+from mathfactory.tasks.core.records import ProblemSketch
 
 # A dated run's id: {name}-{YYYY-MM-DD}-{config hash} (flows/config.py:FactoryConfig.run_id).
 DATED_RUN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]*)-(?P<date>\d{4}-\d{2}-\d{2})-[0-9a-f]{8}$")
@@ -73,9 +77,26 @@ class Repeats:
     def earlier(self, origin: str, text: str) -> None:
         """One earlier problem (named `origin`): each kept problem it repeats is marked, once, by the first
         earlier problem found."""
+        self.earlier_sketch(origin, exact_key(text), self.near.sketch(text))
+
+    def earlier_sketch(self, origin: str, exact: bytes, sketch: LeanMinHash) -> None:
+        """`earlier` from a problem's keys (as `sketches` gives them), without its text."""
         self.streamed += 1
-        exact = exact_key(text)
         if exact in self._exact:
             self.repeated.setdefault(self._exact[exact], f"duplicate: same question as {origin}")
-        for key, similarity in self.near.similar(self.near.sketch(text)):
+        for key, similarity in self.near.similar(sketch):
             self.repeated.setdefault(key, f"near_duplicate: Jaccard ~{similarity:.2f} with {origin}")
+
+    def sketches(self, keys: Iterable[str]) -> Iterator[ProblemSketch]:
+        """The keys of the named kept problems, to store beside them."""
+        exact_of = {key: exact for exact, key in self._exact.items()}
+        for key in keys:
+            sketch = self.near.kept(key)
+            yield ProblemSketch(key, int.from_bytes(exact_of[key], "little", signed=True),
+                                sketch.hashvalues.astype(np.int64).tolist())
+
+    def stored(self, row: ProblemSketch) -> tuple[bytes, LeanMinHash] | None:
+        """A stored ProblemSketch as `earlier_sketch` takes it; None if it was drawn with other permutations."""
+        if len(row.minhash) != self.near.num_perm:
+            return None
+        return row.exact.to_bytes(8, "little", signed=True), self.near.restore(row.minhash)

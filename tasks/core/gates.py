@@ -174,6 +174,14 @@ class NearDuplicates:
                 found.append((-similarity, rank, candidate))
         return [(key, -negative) for negative, _, key in sorted(found)]
 
+    def restore(self, hashvalues: list[int]) -> LeanMinHash:
+        """A sketch from its stored hash values (drawn with this instance's permutations)."""
+        return LeanMinHash(seed=self.seed, hashvalues=np.array(hashvalues, self._empty.hashvalues.dtype),
+                           scheme=self._empty.scheme)
+
+    def kept(self, key: str) -> LeanMinHash:
+        return self._kept[key][1]
+
     def keep(self, key: str, sketch: LeanMinHash) -> None:
         self._lsh.insert(key, sketch)
         self._kept[key] = (len(self._kept), sketch)

@@ -117,3 +117,22 @@ def test_earlier_problems_stream_past_the_run_in_bounded_memory():
     assert (pulled, repeats.streamed, len(repeats)) == (3_000, 3_000, 3)
     assert repeats.repeated == {"p0": "duplicate: same question as night2000 problem"}
     assert peak < 100_000  # 3,000 problems and their sketches held would be megabytes
+
+
+def test_stored_keys_find_what_the_texts_find():
+    """A run's kept problems' keys (what the stage stores) stand in for their texts when a later run checks."""
+    night1 = Repeats()
+    for origin, text in EARLIER.items():
+        night1.add(origin, text)
+    stored = list(night1.sketches(EARLIER))
+    assert [s.problem_id for s in stored] == list(EARLIER) and all(len(s.minhash) == 64 for s in stored)
+    from_text, from_keys = Repeats(), Repeats()
+    for repeats in (from_text, from_keys):
+        for key, text, *_ in PROBLEMS[6:]:
+            repeats.add(key, text)
+    for origin, text in EARLIER.items():
+        from_text.earlier(origin, text)
+    for row in stored:
+        from_keys.earlier_sketch(row.problem_id, *from_keys.stored(row))
+    assert from_keys.repeated == from_text.repeated and set(from_keys.repeated) == {"p6", "p7"}
+    assert Repeats(num_perm=128).stored(stored[0]) is None  # other permutations: the text is read instead
