@@ -203,12 +203,13 @@ def lake_rows(n: int, night: int, data: Path, per_kept: float) -> list[tuple[str
             _stream(index, tmp, sliced, how)
             rows.append((f"lake: stream {sliced:,} earlier, {how}", f"{sliced / (time.perf_counter() - start):,.0f}/s",
                          "", "stored keys, or each question sketched again (a run from before keys were kept)"))
-        peak, _ = traced_peak(lambda: _stream(index, tmp, sliced, "keys"))
         rows.append((f"lake: the night's index, {night:,} problems", mib(index_peak), "",
                      f"{index_peak / night:,.0f} B per problem (exact key, sketch, LSH bands): grows with the night"))
-        rows.append((f"lake: memory, {sliced:,} earlier streamed past it", mib(peak), mib(per_kept * sliced),
-                     "tracemalloc peak while streaming; naive: an LSH over the earlier problems instead "
-                     f"({per_kept:,.0f} B each, measured above)"))
+        for streamed in (sliced // 10, sliced):
+            peak, _ = traced_peak(lambda streamed=streamed: _stream(index, tmp, streamed, "keys"))
+            rows.append((f"lake: memory, {streamed:,} earlier streamed past it", mib(peak), mib(per_kept * streamed),
+                         "tracemalloc peak while streaming (flat: one row group of keys at a time); naive: an LSH "
+                         f"over the earlier problems instead ({per_kept:,.0f} B each, measured above)"))
         rows.append((f"lake: memory, {night:,} new vs {n:,} streamed", f"{after - before:+,.0f} MiB RSS",
                      mib(per_kept * n), f"resident memory {before:,.0f} -> {after:,.0f} MiB across the whole check; "
                      "naive extrapolated linearly"))

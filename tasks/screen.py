@@ -95,7 +95,7 @@ def screened(cfg: ProblemGatesConfig, run: Run, train: list[Problem], test: list
         else:
             reasons.append(repeats.add(p.problem_id, p.question))
     earlier = [r for r in earlier_runs(run.run_id, run.store.runs(), cfg.against)
-               if r != run.run_id and run.store.marker(r, "problems") is not None]
+               if run.store.marker(r, "problems") is not None]
     for other in earlier:
         stream_earlier(run.store, other, repeats)
     final = [r if r is not None else repeats.repeated.get(p.problem_id) for p, r in zip(train, reasons, strict=True)]

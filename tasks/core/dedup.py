@@ -2,7 +2,7 @@
 words after `normalize` (exact), or a MinHash-estimated Jaccard similarity at or above a threshold (near).
 
 Memory stays bounded by the run, not the lake: the run's problems are indexed (an exact-key dict and a MinHash LSH,
-~2.5 KB a problem), and the lake's problems stream past that index one at a time (`earlier`), never held.
+~3.6 KB a problem), and the lake's problems stream past that index one at a time (`earlier`), never held.
 """
 
 from __future__ import annotations

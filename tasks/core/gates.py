@@ -1,6 +1,6 @@
 """Synthesized problem text -> keep or drop: test-set decontamination and MinHash near-duplicate removal.
 
-Memory: a Decontaminator holds 12 bytes per (test-set n-gram, item) pair (66k, 0.8 MiB for GSM8K + MATH500 test), and
+Memory: a Decontaminator holds 12 bytes per (test-set n-gram, item) pair (65k, 0.75 MiB for GSM8K + MATH500 test), and
 nothing per problem checked beyond a word-hash cache capped at 16k words; NearDuplicates grows with the problems it
 keeps (sketch + LSH band keys, ~2.4 KB each).
 """
