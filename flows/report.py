@@ -33,6 +33,8 @@ def tables(lake: Lake, run_id: str) -> Tables:
          str(m.get("quarantined", 0)), str(m.get("seconds")), lake.uri(run_id, name)]
         for name, m in stages.items()
     ])]
+    if "gates" in stages.get("problems", {}).get("metrics", {}):
+        out.append(problem_gates_table(stages["problems"]["metrics"]["gates"]))
     if "synth_problems" in stages:
         out += synthesis_tables(stages)
     if "verdicts" in stages:
@@ -76,6 +78,17 @@ def skipped_table(skipped: dict[str, dict]) -> tuple[str, list[str], list[list[s
 
 def _counts(counts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def problem_gates_table(g: dict) -> tuple[str, list[str], list[list[str]]]:
+    """What decontamination and deduplication dropped from the run's train problems, gate by gate."""
+    left, rows = g["checked"], []
+    for gate, dropped in g["dropped"].items():
+        rows.append([gate, str(left), str(dropped), f"{1 - dropped / left:.1%}" if left else "-"])
+        left -= dropped
+    return (f"problem gates: {g['kept']} of {g['checked']} train problems kept ({g['test_items']} test items; "
+            f"{g['earlier_problems']} problems of {g['earlier_runs']} earlier runs)",
+            ["gate", "in", "dropped", "survived"], rows)
 
 
 def synthesis_tables(stages: dict[str, dict]) -> Tables:

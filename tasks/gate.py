@@ -62,10 +62,16 @@ class GatesConfig(BaseModel):
 
 def test_items(cfg: GatesConfig) -> Iterator[tuple[str, str]]:
     """(origin, question) of every test problem the synthesized ones must not overlap."""
+    return benchmark_items(cfg.decontaminate, cfg.data_path)
+
+
+def benchmark_items(names: Iterable[str], data_path: str | None) -> Iterator[tuple[str, str]]:
+    """(origin, question) of every problem of the named test sets (gsm8k, math500) in `data_path` (None:
+    ../shared/data)."""
     from mathfactory.tasks.domains import gsm8k, math500
 
-    for name in cfg.decontaminate:
-        folder = f"{cfg.data_path.rstrip('/')}/{name}" if cfg.data_path else None
+    for name in names:
+        folder = f"{data_path.rstrip('/')}/{name}" if data_path else None
         rows = gsm8k.load("test", folder) if name == "gsm8k" else math500.load("test", folder)
         for p in rows:
             if isinstance(p, Problem):

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from mathfactory.tasks.core.records import Problem, Quarantined
 from mathfactory.tasks.domains import stargraph, toy
 from mathfactory.tasks.gate import SYNTHESIZED
+from mathfactory.tasks.screen import ProblemGatesConfig, screened
 from mathfactory.tasks.stage import Meter, Run, StageSpec
 
 
@@ -35,6 +36,8 @@ class ProblemsConfig(BaseModel):
     path: str | None = Field(None, description="GSM8K/MATH500 folder or file (path or fsspec URL); None: ../shared/data.")
     files: list[str] = Field([], description="source=files: JSONL/Parquet files of GSM8K-format rows "
                                              "(question, answer with `#### N`), all taken as train problems.")
+    gates: ProblemGatesConfig = Field(default_factory=ProblemGatesConfig, description="Decontamination and "
+                                      "deduplication of the train problems, on every source, before sampling.")
 
     @model_validator(mode="after")
     def _star_graph_levels(self) -> ProblemsConfig:
@@ -72,13 +75,17 @@ def _source(cfg: ProblemsConfig, split: str, run: Run):
 
 
 def problems(cfg: ProblemsConfig, run: Run, shard: int, meter: Meter) -> Iterator[Problem]:
-    """Both splits as one dataset (column `split`); bad source rows go to quarantine with file:line."""
-    for split in ("train", "test"):
+    """Both splits as one dataset (column `split`): the train problems that pass the gates (tasks/screen.py), then
+    the test split; bad source rows and dropped problems go to quarantine with where they came from and why."""
+    splits: dict[str, list[Problem]] = {"train": [], "test": []}
+    for split, rows in splits.items():
         for item in _source(cfg, split, run):
             if isinstance(item, Quarantined):
                 meter.refuse(item.origin, item.reason, item.excerpt)
             else:
-                yield item
+                rows.append(item)
+    yield from screened(cfg.gates, run, splits["train"], splits["test"], meter)
+    yield from splits["test"]
 
 
 def split_sizes(rows: Iterable[Problem]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 import tempfile
 import time
 from collections import Counter
@@ -35,6 +36,8 @@ from mathfactory.tasks.core.records import Quarantined, derive_seed
 from mathfactory.tasks.core.skips import Skip
 from mathfactory.tasks.judge import Grading
 from mathfactory.tasks.storage import Lake
+
+_GATE_REASON = re.compile(r"^([a-z_]+): ")
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:
@@ -223,7 +226,8 @@ def write_shard(spec: StageSpec, cfg: Any, run: Run, shard: int) -> dict:
 
 
 def _refused(quarantined: Iterable[Quarantined]) -> dict[str, dict[str, int]]:
-    reasons = Counter(q.reason for q in quarantined)
+    # A gate's reason `gate: detail` names what it matched; tallied by gate, a marker stays small.
+    reasons = Counter(m[1] if (m := _GATE_REASON.match(q.reason)) else q.reason for q in quarantined)
     return {"refused": dict(reasons)} if reasons else {}
 
 

@@ -246,6 +246,18 @@ class Lake:
         for part in parts:
             yield from self._read_file(f"{self.stage_path(run_id, stage)}/{part}", cls, batch_size)
 
+    def read_columns(self, run_id: str, stage: str, columns: list[str], batch_size: int = 4096
+                     ) -> Iterator[tuple]:
+        """A finished stage's values of `columns`, one tuple a row, streamed row group by row group (a scan of a
+        large stage that needs a few columns reads only those)."""
+        marker = self.marker(run_id, stage)
+        if marker is None:
+            raise DataError(f"{self.uri(run_id, stage)}: no {MARKER}; the stage has not finished")
+        for part in marker["parts"]:
+            with self.fs.open(f"{self.stage_path(run_id, stage)}/{part}", "rb") as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+                    yield from zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
+
     def read_quarantine(self, run_id: str, stage: str) -> Iterator[Quarantined]:
         """The rows a stage refused, each with its origin and reason, shard by shard."""
         for path in sorted(self.fs.glob(f"{self.stage_path(run_id, stage)}/_quarantine/part-*.parquet")):

@@ -1,6 +1,6 @@
 """Synthesized problem text -> keep or drop: test-set decontamination and MinHash near-duplicate removal.
 
-Memory: a Decontaminator holds 12 bytes per distinct test-set n-gram (65k, 0.7 MiB for GSM8K + MATH500 test), and
+Memory: a Decontaminator holds 12 bytes per (test-set n-gram, item) pair (65k, 0.75 MiB for GSM8K + MATH500 test), and
 nothing per problem checked beyond a word-hash cache capped at 16k words; NearDuplicates grows with the problems it
 keeps (sketch + LSH band keys, ~2.4 KB each).
 """
@@ -55,16 +55,22 @@ def _gram_hashes(word_hashes: np.ndarray, sizes: Iterable[int]) -> np.ndarray:
 
 
 class Decontaminator:
-    """Hashed word n-grams of test items -> the origin of the first test item a text shares an n-gram with.
+    """Hashed word n-grams of test items -> the test item a text overlaps, if any.
 
     A test item shorter than `n` words is one gram, its whole text, and matches any text holding it as a run of
     words: short problems ("Simplify sqrt 242") are contaminated by exactly that text.
+
+    `coverage` 0 (the synthesis gate's rule): one shared gram is contamination. Above 0: the shared grams must be
+    at least that fraction of the smaller of the two texts' gram sets (their overlap coefficient), i.e. one text is
+    mostly in the other. Templated problems (the toy domain) share 10-grams by chance, so one gram proves nothing.
     """
 
-    def __init__(self, items: Iterable[tuple[str, str]], n: int = 10):
+    def __init__(self, items: Iterable[tuple[str, str]], n: int = 10, coverage: float = 0.0):
         if n < 1:
             raise ValueError(f"n must be positive, got {n}")
-        self.n = n
+        if not 0 <= coverage <= 1:
+            raise ValueError(f"coverage must be in [0, 1], got {coverage}")
+        self.n, self.coverage = n, coverage
         self.origins: list[str] = []
         hashes, owners, sizes = [], [], set()
         for origin, text in items:
@@ -73,28 +79,56 @@ class Decontaminator:
                 continue
             size = min(n, len(words))
             sizes.add(size)
-            grams = _gram_hashes(_word_hashes(words), [size])
+            grams = np.unique(_gram_hashes(_word_hashes(words), [size]))
             hashes.append(grams)
             owners.append(np.full(len(grams), len(self.origins), np.int32))
             self.origins.append(origin)
-        # Sorted unique hashes beside the index of the first item holding each: 12 bytes a gram.
-        self._hashes, first = np.unique(np.concatenate(hashes or [np.empty(0, np.uint64)]), return_index=True)
-        self._owners = np.concatenate(owners or [np.empty(0, np.int32)])[first]
+        # Every (gram, item) pair once, sorted by gram then item: 12 bytes a pair. The first pair of a gram names
+        # the earliest item holding it.
+        hashes_, owners_ = (np.concatenate(hashes or [np.empty(0, np.uint64)]),
+                            np.concatenate(owners or [np.empty(0, np.int32)]))
+        order = np.lexsort((owners_, hashes_))
+        self._hashes, self._owners = hashes_[order], owners_[order]
+        self._grams = np.bincount(self._owners, minlength=len(self.origins))  # distinct grams per item
         self._sizes = sorted(sizes, reverse=True)  # n, then the word counts of shorter items
 
     def __len__(self) -> int:
-        """The number of hashed n-grams stored."""
-        return len(self._hashes)
+        """The number of distinct hashed n-grams stored."""
+        return int(np.count_nonzero(np.diff(self._hashes))) + 1 if len(self._hashes) else 0
 
     def match(self, text: str) -> str | None:
-        """Origin of a test item sharing a gram with `text` (the longest shared gram, then the earliest), or None
-        if `text` is clean."""
+        """Origin of the test item `text` overlaps by the rule (with coverage 0: the longest shared gram's
+        earliest item), or None if `text` is clean."""
+        if self.coverage > 0:
+            found = self.overlap(text)
+            return found[0] if found is not None else None
         grams = _gram_hashes(_word_hashes(normalize(text)), self._sizes)
         if not len(grams) or not len(self._hashes):
             return None
         at = np.searchsorted(self._hashes, grams).clip(max=len(self._hashes) - 1)
         hits = np.flatnonzero(self._hashes[at] == grams)
         return self.origins[self._owners[at[hits[0]]]] if len(hits) else None
+
+    def overlap(self, text: str) -> tuple[str, int, int] | None:
+        """(origin, shared grams, grams of the smaller text) for the test item `text` overlaps most (ties: the
+        earliest), if that is at least `coverage` of the smaller text (and at least one gram); else None."""
+        words = normalize(text)
+        grams = np.unique(_gram_hashes(_word_hashes(words), self._sizes))
+        if not len(grams) or not len(self._hashes):
+            return None
+        lo, hi = np.searchsorted(self._hashes, grams, "left"), np.searchsorted(self._hashes, grams, "right")
+        runs = hi - lo
+        if not runs.sum():
+            return None
+        starts = np.repeat(lo - np.cumsum(runs) + runs, runs)  # every pair of every shared gram
+        items, shared = np.unique(self._owners[starts + np.arange(runs.sum())], return_counts=True)
+        # The text's own grams at size n (a short text is one gram), as the items count theirs.
+        own = len(np.unique(_gram_hashes(_word_hashes(words), [min(self.n, len(words))])))
+        smaller = np.minimum(self._grams[items], own)
+        best = int(np.argmax(shared / smaller))  # argmax takes the first (earliest item) of equal fractions
+        if shared[best] / smaller[best] < max(self.coverage, 1e-12):
+            return None
+        return self.origins[items[best]], int(shared[best]), int(smaller[best])
 
 
 class NearDuplicates:
@@ -110,7 +144,10 @@ class NearDuplicates:
         shingle: words per shingle (3: one changed word breaks 3 shingles, templated problems still differ).
         seed: permutation seed; equal seeds give equal sketches across runs and machines."""
         self.threshold, self.num_perm, self.shingle, self.seed = threshold, num_perm, shingle, seed
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # LSH only proposes candidates and each is checked against its sketch, so tune it for recall: weights
+        # (false positives 0.1, false negatives 0.9) give 9 bands of 7 rows at 64 perms, which propose a pair at
+        # Jaccard 0.8 88 % of the time, at 0.9 always; datasketch's even weights (5 x 11) proposed it 36 % / 85 %.
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
         self._kept: dict[str, tuple[int, LeanMinHash]] = {}  # key -> (insertion rank, sketch)
         self._empty = MinHash(num_perm=num_perm, seed=seed)  # copied per text: drawing permutations costs ~8x more
 
@@ -126,20 +163,37 @@ class NearDuplicates:
         minhash.update_batch({" ".join(g).encode() for g in _grams(words, size)})
         return LeanMinHash(minhash)
 
+    def similar(self, sketch: LeanMinHash) -> list[tuple[str, float]]:
+        """Every kept text at least `threshold` similar to `sketch` as (key, estimated Jaccard), the most similar
+        first, ties to the earliest kept. Keeps nothing."""
+        found = []
+        for candidate in self._lsh.query(sketch):
+            rank, other = self._kept[candidate]
+            similarity = sketch.jaccard(other)
+            if similarity >= self.threshold:
+                found.append((-similarity, rank, candidate))
+        return [(key, -negative) for negative, _, key in sorted(found)]
+
+    def restore(self, hashvalues: list[int]) -> LeanMinHash:
+        """A sketch from its stored hash values (drawn with this instance's permutations)."""
+        return LeanMinHash(seed=self.seed, hashvalues=np.array(hashvalues, self._empty.hashvalues.dtype),
+                           scheme=self._empty.scheme)
+
+    def kept(self, key: str) -> LeanMinHash:
+        return self._kept[key][1]
+
+    def keep(self, key: str, sketch: LeanMinHash) -> None:
+        self._lsh.insert(key, sketch)
+        self._kept[key] = (len(self._kept), sketch)
+
     def first_seen(self, key: str, text: str) -> str | None:
         """Key of the earlier text `text` nearly duplicates (then `text` is not kept), else None after keeping it.
 
         Of several earlier matches, the most similar wins, ties to the earliest kept: the answer does not depend
         on set order (string hashing is randomized per process)."""
         sketch = self.sketch(text)
-        best: tuple[float, int, str] | None = None
-        for candidate in self._lsh.query(sketch):
-            rank, other = self._kept[candidate]
-            similarity = sketch.jaccard(other)
-            if similarity >= self.threshold and (best is None or (-similarity, rank) < (-best[0], best[1])):
-                best = (similarity, rank, candidate)
-        if best is not None:
-            return best[2]
-        self._lsh.insert(key, sketch)
-        self._kept[key] = (len(self._kept), sketch)
+        found = self.similar(sketch)
+        if found:
+            return found[0][0]
+        self.keep(key, sketch)
         return None

@@ -218,6 +218,16 @@ class SynthOutput:
 
 
 @dataclass(frozen=True)
+class ProblemSketch:
+    """A kept train problem's deduplication keys (tasks/core/dedup.py), kept beside its run's problems so a later
+    run checks against them without sketching the text again."""
+
+    problem_id: str
+    exact: int  # exact_key as a signed 64-bit integer
+    minhash: list[int]  # MinHash hash values of its word 3-gram shingles (permutation seed 1)
+
+
+@dataclass(frozen=True)
 class Quarantined:
     """A row a stage refused, kept with where it came from and why, so a flow never dies on one bad row."""
 
@@ -229,4 +239,4 @@ class Quarantined:
 
 RECORDS = {cls.__name__: cls for cls in (Problem, Rollout, Verdict, StepCredit, StepwiseExample, SFTExample,
                                          PreferencePair, EvalResult, SeedText, TeacherCall, GradFeature, SeedScore,
-                                         SynthOutput, Quarantined)}
+                                         SynthOutput, ProblemSketch, Quarantined)}

@@ -15,6 +15,8 @@ from mathfactory.flows.cli import app
 from mathfactory.flows.config import ConfigError, load_preset
 from mathfactory.flows.nightly import nightly
 from mathfactory.tasks.incoming import watermark_key
+from mathfactory.tasks.problems import PROBLEMS
+from mathfactory.tasks.stage import Run
 from mathfactory.tasks.storage import Lake, list_files, write_file_rows
 
 cli = CliRunner(env={"COLUMNS": "400"})
@@ -120,3 +122,23 @@ def test_three_nights_process_only_new_files_and_a_failed_night_leaves_the_water
     assert mark["last_date"] == "2026-11-03" and mark["files"][str(incoming / "c.jsonl")]["run_id"] == failed_run
     assert {p: v for p, v in lake_snapshot(lake).items() if p in night1} == night1  # old partition untouched
     assert sorted(lake.runs()) == sorted([first["run_id"], failed_run])
+
+
+def test_a_problem_repeated_on_a_later_night_is_dropped_and_counted(prefect_api, policy_dir, tmp_path):
+    lake_dir, incoming = tmp_path / "lake", tmp_path / "lake" / "incoming"
+    incoming.mkdir(parents=True)
+    cfg = load_preset(str(TINY_PRESET), [f"lake={lake_dir}", f"policy.pretrained={policy_dir}"])
+    lake = Lake(str(lake_dir))
+    write_file_rows(str(incoming / "a.jsonl"), seed_rows(0, 3))
+    first = nightly(config=cfg, date="2026-11-01")["run_id"]
+    repeat = {**seed_rows(1, 1)[0], "question": seed_rows(1, 1)[0]["question"].upper()}  # night 1's, in capitals
+    write_file_rows(str(incoming / "b.jsonl"), [repeat, *seed_rows(40, 2)])
+    second = nightly(config=cfg, date="2026-11-02")["run_id"]
+    (dropped,) = lake.read_quarantine(second, "problems")
+    night1 = {p.question: p.problem_id for p in Run(lake=str(lake_dir), run_id=first).read(PROBLEMS)}
+    assert dropped.reason == f"duplicate: same question as {first} problem {night1[seed_rows(1, 1)[0]['question']]}"
+    stage = lake.stages(second)["problems"]
+    assert (stage["rows"], stage["quarantined"]) == (2, 1)
+    assert stage["metrics"]["gates"]["dropped"]["duplicate"] == 1
+    assert stage["metrics"]["gates"]["earlier_problems"] == 3
+    assert lake.stages(second)["verdicts"]["rows"] == 2 * cfg.sample.n  # the repeat is never sampled

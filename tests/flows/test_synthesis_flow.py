@@ -31,7 +31,10 @@ def test_the_train_problems_are_the_ones_the_trained_synthesizer_wrote_and_the_g
     assert set(lake.stages(run_id)) >= STAGES
     train = [p for p in lake.read(run_id, "problems", Problem) if p.split == "train"]
     kept = list(lake.read(run_id, "synth_problems", Problem))
-    assert train == kept and all(p.source == "synth" for p in train)
+    # the problems stage's gates (tasks/screen.py) then run on them too, against the run's own test split
+    screened = {q.origin for q in lake.read_quarantine(run_id, "problems")}
+    assert train == [p for p in kept if p.problem_id not in screened] and all(p.source == "synth" for p in train)
+    assert lake.marker(run_id, "problems")["metrics"]["gates"]["checked"] == len(kept)
     outputs = {o.output_id: o for o in lake.read(run_id, "synth_outputs", SynthOutput)}
     assert len(outputs) == cfg.synthesis.generate.max_prompts
     # every kept problem is, word for word, what the synthesizer wrote for one output
