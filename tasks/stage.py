@@ -28,9 +28,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mathfactory.tasks.core.card import SetFacts, dataset_card
 from mathfactory.tasks.core.records import Quarantined, derive_seed
 from mathfactory.tasks.judge import Grading
-from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.storage import Lake, hf_features
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:
@@ -156,12 +157,17 @@ class StageSpec:
     record: type | None  # its record; None: a model directory
     config: type[BaseModel] | str  # its config, or "module:Name" where importing it here would be circular
     compute: Callable[..., Any]  # record: (cfg, run, shard, meter) -> records; model: (cfg, run, out_dir) -> metrics
-    reads: tuple[str, ...] = ()  # the stages it reads
+    reads: tuple[str, ...] | Callable[[Any], Iterable[str]] = ()  # the run's stages it reads (or: config -> them)
     shards: Callable[[Any, Run], int] | None = None  # sharded stages: how many shards (config, run) ask for
     tally: Callable[[Iterable[Any]], dict] = count_rows  # a shard's figures, from its records
     summarize: Callable[[Any, Run, list[dict]], dict] = summed  # the marker's metrics, from the shards' summaries
     identity: Callable[[Any], Any] = lambda cfg: cfg  # what of the config the marker's config hash covers
     retries: int = 1
+    sources: Callable[[Any], Iterable[str]] = lambda cfg: ()  # what it reads from outside the run: files, models
+    card: str | None = None  # a training set's "how it was made": its commit writes a dataset card (README.md)
+
+    def reads_for(self, cfg: Any) -> tuple[str, ...]:
+        return tuple(self.reads(cfg) if callable(self.reads) else self.reads)
 
     @property
     def config_type(self) -> type[BaseModel]:
@@ -235,8 +241,18 @@ def build_model(spec: StageSpec, cfg: Any, run: Run, started: float) -> str:
 def commit(spec: StageSpec, cfg: Any, run: Run, shards: list[dict], started: float) -> str:
     """Write the stage's marker, last: its metrics from the shards' summaries, the config hash, the time."""
     metrics = spec.summarize(cfg, run, shards)
+    card = (lambda m: run.store.write_card(run.run_id, spec.name, card_text(spec, cfg, run, m))) if spec.card else None
     marker = run.store.commit(run.run_id, spec.name, spec.record, config_hash=config_hash(spec.identity(cfg)),
-                              seconds=round(time.time() - started, 2), metrics=metrics)
+                              seconds=round(time.time() - started, 2), metrics=metrics, before_marker=card)
     what = f"{marker['rows']} rows" if spec.record else "a model"
     logger().info("%s: %s in %.1f s -> %s", spec.name, what, marker["seconds"], run.uri(spec.name))
     return run.uri(spec.name)
+
+
+def card_text(spec: StageSpec, cfg: Any, run: Run, marker: dict) -> str:
+    """A training set's dataset card, from its spec, config and the marker about to be written."""
+    return dataset_card(SetFacts(
+        name=spec.name, about=spec.card or "", record=spec.record.__name__, row_doc=spec.record.__doc__ or "",
+        features=hf_features(spec.record), marker=marker, run_id=run.run_id, url=run.store.stage_url(run.run_id, spec.name),
+        config=cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else dict(cfg),
+        upstream={s: run.store.stage_url(run.run_id, s) for s in spec.reads_for(cfg)}))
