@@ -1,6 +1,7 @@
 """A stage spec + its config + a Run -> the stage in the lake. The one executor: it skips a committed stage, fans a
 sharded stage's shards out where the runner says (flows/fanout.py), writes a one-shard stage or trains a model
-stage in a task of its own, and commits the marker (tasks/stage.py says what happens to one shard)."""
+stage in a task of its own, and commits the marker (tasks/stage.py says what happens to one shard). The task that
+commits a stage materializes it as a Prefect asset (flows/assets.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from mathfactory.flows.assets import describe, materializing
 from mathfactory.flows.fanout import RunnerConfig, run_sharded
 from mathfactory.flows.shard import ref, resolve
 from mathfactory.tasks.stage import Run, StageSpec, build_model, commit, logger, write_shard
@@ -23,29 +25,37 @@ def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig |
         logger().info("%s: already done (%s), skipping", spec.name,
                       f"{marker['rows']} rows" if spec.record else "a model")
         return run.uri(spec.name)
-    started = time.time()
+    started, args = time.time(), (ref(spec), spec.name, config, run)
     if spec.record is None:
-        return model_task.with_options(retries=spec.retries)(ref(spec), spec.name, config, run, started)
+        return materializing(model_task, spec, config, run, spec.retries)(*args, started)
     if not spec.sharded:
-        return record_task.with_options(retries=spec.retries)(ref(spec), spec.name, config, run, started)
+        return materializing(record_task, spec, config, run, spec.retries)(*args, started)
     shards = run_sharded(runner or RunnerConfig(), spec, config, run)
-    return commit_task(ref(spec), spec.name, config, run, shards, started)
+    return materializing(commit_task, spec, config, run, 0)(*args, shards, started)
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def record_task(module: str, stage: str, config: Any, run: Run, started: float) -> str:
     """A one-shard stage: written and committed in one task."""
     spec = resolve(module, stage)
-    return commit(spec, config, run, [write_shard(spec, config, run, 0)], started)
+    uri = commit(spec, config, run, [write_shard(spec, config, run, 0)], started)
+    describe(spec, run)
+    return uri
 
 
 @task(name="commit", task_run_name="{stage}", cache_policy=NO_CACHE)
 def commit_task(module: str, stage: str, config: Any, run: Run, shards: list[dict], started: float) -> str:
     """A sharded stage's marker, once every shard has landed."""
-    return commit(resolve(module, stage), config, run, shards, started)
+    spec = resolve(module, stage)
+    uri = commit(spec, config, run, shards, started)
+    describe(spec, run)
+    return uri
 
 
 @task(name="model", task_run_name="{stage}", cache_policy=NO_CACHE)
 def model_task(module: str, stage: str, config: Any, run: Run, started: float) -> str:
     """A model stage, trained in this task (tasks/trainer.py runs each trainer in a process of its own)."""
-    return build_model(resolve(module, stage), config, run, started)
+    spec = resolve(module, stage)
+    uri = build_model(spec, config, run, started)
+    describe(spec, run)
+    return uri

@@ -76,7 +76,8 @@ def policy(cfg: PolicyConfig, run: Run, out_dir: Path) -> dict[str, Any]:
                                   args=cfg.model_dump(mode="json"))), **({"base": cfg.base} if cfg.base else {})}
 
 
-POLICY = StageSpec("policy", None, PolicyConfig, policy, reads=(PROBLEMS.name,))
+POLICY = StageSpec("policy", None, PolicyConfig, policy, reads=lambda cfg: () if cfg.pretrained else (PROBLEMS.name,),
+                   sources=lambda cfg: [m for m in (cfg.pretrained or cfg.base,) if m])
 SPECS = {POLICY.name: POLICY}
 
 

@@ -68,5 +68,17 @@ def problems(cfg: ProblemsConfig, run: Run, shard: int, meter: Meter) -> Iterato
                 yield item
 
 
-PROBLEMS = StageSpec("problems", Problem, ProblemsConfig, problems)
+def sources(cfg: ProblemsConfig) -> list[str]:
+    """The files problems are read from (none for the toy teacher)."""
+    if cfg.source == "files":
+        return list(cfg.files)
+    from mathfactory.tasks.domains import gsm8k, math500
+
+    splits = {"train": cfg.source, "test": cfg.test_source if cfg.source == "synthesizer" else cfg.source}
+    return [domain.resolve(cfg.path, domain.SOURCE, domain.DEFAULT_DIR, split) for split, name in splits.items()
+            for domain in (gsm8k, math500) if name == domain.SOURCE and (split == "test" or domain is gsm8k)]
+
+
+PROBLEMS = StageSpec("problems", Problem, ProblemsConfig, problems, sources=sources,
+                     reads=lambda cfg: (SYNTHESIZED.name,) if cfg.source == "synthesizer" else ())
 SPECS = {PROBLEMS.name: PROBLEMS}

@@ -66,10 +66,8 @@ def trl_args(cfg: TrainConfig, method: str, seed: int) -> dict[str, Any]:
 def _trainer(method: str):
     def train(cfg: TrainConfig, run: Run, out_dir: Path) -> dict[str, Any]:
         """The method's dataset(s) -> a model directory, with its metrics."""
-        trainer = methods.method(method).trainer
-        from_base = trainer == "sft" and cfg.base
-        # From the base, RFT is SFT on D_syn plus the positives (the paper's D_syn u D+), not the positives alone.
-        names = ("sft",) * bool(from_base) + datasets_for(cfg, method)
+        trainer, from_base = methods.method(method).trainer, _from_base(cfg, method)
+        names = ("sft",) * from_base + datasets_for(cfg, method)
         args = trl_args(cfg, method, run.seed)
         rows = [asdict(r) for ds in names for r in run.read(SETS[ds])]
         uris = [run.uri(ds) for ds in names]
@@ -91,6 +89,15 @@ def _identity(method: str):
                         "pairs": datasets_for(cfg, method)}
 
 
+def _from_base(cfg: TrainConfig, method: str) -> bool:
+    """From the base, RFT is SFT on D_syn plus the positives (the paper's D_syn u D+), not the positives alone."""
+    return methods.method(method).trainer == "sft" and cfg.base is not None
+
+
+def _reads(method: str):
+    return lambda cfg: (POLICY.name, *("sft",) * _from_base(cfg, method), *datasets_for(cfg, method))
+
+
 SPECS = {stage_name(m): StageSpec(stage_name(m), None, TrainConfig, _trainer(m), identity=_identity(m),
-                                  reads=(POLICY.name, *methods.method(m).datasets), retries=0)
+                                  reads=_reads(m), sources=lambda cfg, m=m: [cfg.base] * _from_base(cfg, m), retries=0)
          for m in TRAINED}
