@@ -68,15 +68,19 @@ def problems(cfg: ProblemsConfig, run: Run, shard: int, meter: Meter) -> Iterato
                 yield item
 
 
+FILES = {"gsm8k": ("train", "test"), "math500": ("test",)}  # the splits each real data set has a file of
+
+
 def sources(cfg: ProblemsConfig) -> list[str]:
     """The files problems are read from (none for the toy teacher)."""
     if cfg.source == "files":
         return list(cfg.files)
     from mathfactory.tasks.domains import gsm8k, math500
 
-    splits = {"train": cfg.source, "test": cfg.test_source if cfg.source == "synthesizer" else cfg.source}
-    return [domain.resolve(cfg.path, domain.SOURCE, domain.DEFAULT_DIR, split) for split, name in splits.items()
-            for domain in (gsm8k, math500) if name == domain.SOURCE and (split == "test" or domain is gsm8k)]
+    domains = {"gsm8k": gsm8k, "math500": math500}
+    read = [(cfg.test_source, "test")] if cfg.source == "synthesizer" else [(cfg.source, s) for s in ("train", "test")]
+    return [domains[name].resolve(cfg.path, name, domains[name].DEFAULT_DIR, split) for name, split in read
+            if split in FILES.get(name, ())]
 
 
 PROBLEMS = StageSpec("problems", Problem, ProblemsConfig, problems, sources=sources,

@@ -13,6 +13,7 @@ The marker's metrics are `summarize(cfg, run, shard summaries)`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -251,8 +252,8 @@ def commit(spec: StageSpec, cfg: Any, run: Run, shards: list[dict], started: flo
 
 def card_text(spec: StageSpec, cfg: Any, run: Run, marker: dict) -> str:
     """A training set's dataset card, from its spec, config and the marker about to be written."""
+    url = functools.partial(run.store.stage_url, run.run_id)
     return dataset_card(SetFacts(
         name=spec.name, about=spec.card or "", record=spec.record.__name__, row_doc=spec.record.__doc__ or "",
-        features=hf_features(spec.record), marker=marker, run_id=run.run_id, url=run.store.stage_url(run.run_id, spec.name),
-        config=cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else dict(cfg),
-        upstream={s: run.store.stage_url(run.run_id, s) for s in spec.reads_for(cfg)}))
+        features=hf_features(spec.record), marker=marker, run_id=run.run_id, url=url(spec.name),
+        config=cfg.model_dump(mode="json"), upstream={s: url(s) for s in spec.reads_for(cfg)}))

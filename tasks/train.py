@@ -91,7 +91,7 @@ def _identity(method: str):
 
 def _from_base(cfg: TrainConfig, method: str) -> bool:
     """From the base, RFT is SFT on D_syn plus the positives (the paper's D_syn u D+), not the positives alone."""
-    return methods.method(method).trainer == "sft" and cfg.base is not None
+    return methods.method(method).trainer == "sft" and bool(cfg.base)
 
 
 def _reads(method: str):
