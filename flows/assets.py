@@ -1,8 +1,8 @@
 """A committed stage -> a Prefect asset: keyed by its lake URL, with what it read upstream of it (the run's stages it
 reads, and files or models outside the run) and its marker's figures as metadata. Prefect records a materialization
 event per stage (`prefect.asset.materialization.succeeded`, the upstream assets as related resources, the metadata
-as payload), from which the UI draws the lineage: seed texts -> problems -> rollouts -> verdicts -> credit ->
-training sets -> models -> evaluations."""
+as payload): Prefect Cloud draws the lineage graph from them (seed texts -> problems -> rollouts -> verdicts ->
+credit -> training sets -> models -> evaluations); a self-hosted server lists them in its Event Feed."""
 
 from __future__ import annotations
 
