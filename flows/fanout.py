@@ -8,12 +8,15 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -185,7 +188,19 @@ def fan_out(module: str, stage: str, config: dict[str, Any], run: Run, runner: R
         with ray_options(runner, spec, cfg):
             futures = [task.submit(ref(spec), spec.name, config, run, *([] if u is None else [u]))
                        for u in units(spec, cfg, run)]
+    if spec.record is not None:
+        track(futures, f"{run.run_id}-{spec.name}-progress", spec.name)
     return [f.result() for f in futures]
+
+
+def track(futures: list[PrefectFuture], key: str, stage: str) -> None:
+    """Wait for every shard, keeping a progress artifact (the UI's Artifacts page, under `key`) at the share that
+    has finished."""
+    key = re.sub(r"[^a-z0-9-]+", "-", key.lower())  # artifact keys: lowercase letters, digits and dashes
+    total = len(futures)
+    artifact = create_progress_artifact(0.0, key=key, description=f"{stage}: 0 of {total} shards finished")
+    for done, _ in enumerate(as_completed(futures), start=1):  # a failed shard fails the stage after this
+        update_progress_artifact(artifact, 100.0 * done / total, f"{stage}: {done} of {total} shards finished")
 
 
 def ray_options(runner: RunnerConfig, spec: StageSpec, config: BaseModel) -> contextlib.AbstractContextManager:

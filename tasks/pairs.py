@@ -129,7 +129,33 @@ def _writer(name: str):
     return rows
 
 
+# How each set is made, for its dataset card (README.md beside its parts).
+COVERED = ("Built from the policy's samples of the problems the credit stage covered, as every set from samples is, "
+           "so the methods are compared on data from one problem set.")
+CHOSEN = "The chosen side is what `chosen` says: the policy's own correct rollout or the problem's reference solution."
+ABOUT = {
+    "sft": "D_syn: every train problem's reference solution as a prompt/completion row, what pi_sft learns by "
+           "supervised fine-tuning (TRL's SFTTrainer).",
+    "rft": "Rejection-sampling fine-tuning data (RFT): pi_sft's own verified-correct solutions, deduplicated, at "
+           "most `rft_k` per problem (TRL's SFTTrainer). " + COVERED,
+    "rft_advantage": "Advantage-filtered RFT (Setlur et al., 2024): the rft rows minus the bottom half by minimum "
+                     "step advantage (A_i = Q_i - Q_{i-1}, Monte-Carlo credit), the positives that a spurious step "
+                     "got through by luck. " + COVERED,
+    "stepwise": "Stepwise supervision for a process reward model (TRL's prompt/completions/labels): every credited "
+                "rollout split into steps, a step labelled true iff it comes before the rollout's first pit. "
+                + COVERED,
+    "dpo_outcome": "Naive outcome pairs, the control that gets worse with scale (TRL's DPOTrainer): up to `outcome_n` "
+                   "random (chosen, wrong rollout) pairs per problem. " + CHOSEN + " " + COVERED,
+    "dpo_edit": "Edit-distance pairs (TRL's DPOTrainer): each chosen side against the wrong rollout most distant from "
+                "it. " + CHOSEN + " " + COVERED,
+    "dpo_step_cut": "Per-step DPO pairs (Setlur et al., 2024; TRL's DPOTrainer): a chosen side against a wrong rollout "
+                    "cut after its first pit (steps 1..pit), so the pair isolates the step that went wrong. "
+                    + CHOSEN + " " + COVERED,
+    "dpo_step_prefix": "Self-Explore pairs (TRL's DPOTrainer): the question plus the steps before the first pit as "
+                       "the prompt, a continuation verified from there (chosen) against the pit step (rejected). "
+                       + COVERED,
+}
 READS = (PROBLEMS.name, ROLLOUTS.name, VERDICTS.name, CREDIT.name)
-SETS = {name: StageSpec(name, record, PairsConfig, _writer(name), reads=READS, tally=tally_set)
+SETS = {name: StageSpec(name, record, PairsConfig, _writer(name), reads=READS, tally=tally_set, card=ABOUT[name])
         for name, record in DATASETS.items()}
 SPECS = SETS

@@ -77,7 +77,8 @@ def policy(cfg: PolicyConfig, run: Run, out_dir: Path) -> dict[str, Any]:
 
 
 # A referenced model (policy.pretrained) is only checked: no GPU, so it never leaves the flow's own run.
-POLICY = StageSpec("policy", None, PolicyConfig, policy, reads=(PROBLEMS.name,), needs="gpu",
+POLICY = StageSpec("policy", None, PolicyConfig, policy, reads=lambda cfg: () if cfg.pretrained else (PROBLEMS.name,),
+                   sources=lambda cfg: [m for m in (cfg.pretrained or cfg.base,) if m], needs="gpu",
                    gpus=lambda cfg: 0 if cfg.pretrained else 1)
 SPECS = {POLICY.name: POLICY}
 

@@ -94,5 +94,21 @@ def split_sizes(rows: Iterable[Problem]) -> dict[str, Any]:
     return {"rows": splits.total(), "splits": dict(splits)}
 
 
-PROBLEMS = StageSpec("problems", Problem, ProblemsConfig, problems, tally=split_sizes)
+FILES = {"gsm8k": ("train", "test"), "math500": ("test",)}  # the splits each real data set has a file of
+
+
+def sources(cfg: ProblemsConfig) -> list[str]:
+    """The files problems are read from (none for the toy teacher)."""
+    if cfg.source == "files":
+        return list(cfg.files)
+    from mathfactory.tasks.domains import gsm8k, math500
+
+    domains = {"gsm8k": gsm8k, "math500": math500}
+    read = [(cfg.test_source, "test")] if cfg.source == "synthesizer" else [(cfg.source, s) for s in ("train", "test")]
+    return [domains[name].resolve(cfg.path, name, domains[name].DEFAULT_DIR, split) for name, split in read
+            if split in FILES.get(name, ())]
+
+
+PROBLEMS = StageSpec("problems", Problem, ProblemsConfig, problems, tally=split_sizes, sources=sources,
+                     reads=lambda cfg: (SYNTHESIZED.name,) if cfg.source == "synthesizer" else ())
 SPECS = {PROBLEMS.name: PROBLEMS}

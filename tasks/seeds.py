@@ -85,5 +85,12 @@ def _summarize(cfg: SeedsConfig, run: Run, shards: list[dict]) -> dict:
     return {**total, "unusable_rows": unusable}
 
 
-SEEDS = StageSpec(STAGE, SeedText, SeedsConfig, seeds, summarize=_summarize)
+def _sources(cfg: SeedsConfig) -> list[str]:
+    from mathfactory.tasks.domains import gsm8k
+
+    return {"toy": [], "files": list(cfg.files),
+            "gsm8k": [gsm8k.resolve(cfg.path, gsm8k.SOURCE, gsm8k.DEFAULT_DIR, "train")]}[cfg.source]
+
+
+SEEDS = StageSpec(STAGE, SeedText, SeedsConfig, seeds, summarize=_summarize, sources=_sources)
 SPECS = {SEEDS.name: SEEDS}

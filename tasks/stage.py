@@ -16,6 +16,7 @@ a `gpu` stage (sampling, training) goes where the runner keeps its GPUs; a `cpu`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -32,10 +33,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mathfactory.tasks.core.card import SetFacts, dataset_card
 from mathfactory.tasks.core.records import Quarantined, derive_seed
 from mathfactory.tasks.core.skips import Skip
 from mathfactory.tasks.judge import Grading
-from mathfactory.tasks.storage import Lake
+from mathfactory.tasks.storage import Lake, hf_features
 
 _GATE_REASON = re.compile(r"^([a-z_]+): ")
 
@@ -166,7 +168,7 @@ class StageSpec:
     record: type | None  # its record; None: a model directory
     config: type[BaseModel] | str  # its config, or "module:Name" where importing it here would be circular
     compute: Callable[..., Any]  # record: (cfg, run, shard, meter) -> records; model: (cfg, run, out_dir) -> metrics
-    reads: tuple[str, ...] = ()  # the stages it reads
+    reads: tuple[str, ...] | Callable[[Any], Iterable[str]] = ()  # the run's stages it reads (or: config -> them)
     shards: Callable[[Any, Run], int] | None = None  # sharded stages: how many shards (config, run) ask for
     tally: Callable[[Iterable[Any]], dict] = count_rows  # a shard's figures, from its records
     summarize: Callable[[Any, Run, list[dict]], dict] = summed  # the marker's metrics, from the shards' summaries
@@ -175,6 +177,11 @@ class StageSpec:
     retries: int = 1
     needs: Need = "cpu"  # what one shard or training needs where it runs (flows/fanout.py honours it)
     gpus: Callable[[Any], int] = lambda cfg: 1  # a gpu stage: GPUs one shard or training asks for under a config
+    sources: Callable[[Any], Iterable[str]] = lambda cfg: ()  # what it reads from outside the run: files, models
+    card: str | None = None  # a training set's "how it was made": its commit writes a dataset card (README.md)
+
+    def reads_for(self, cfg: Any) -> tuple[str, ...]:
+        return tuple(self.reads(cfg) if callable(self.reads) else self.reads)
 
     @property
     def config_type(self) -> type[BaseModel]:
@@ -273,8 +280,9 @@ def write_model(spec: StageSpec, cfg: Any, run: Run) -> dict:
 def commit(spec: StageSpec, cfg: Any, run: Run, shards: list[dict], started: float) -> str:
     """Write the stage's marker, last: its metrics from the shards' summaries, the config hash, the time."""
     metrics = spec.summarize(cfg, run, shards)
+    card = (lambda m: run.store.write_card(run.run_id, spec.name, card_text(spec, cfg, run, m))) if spec.card else None
     marker = run.store.commit(run.run_id, spec.name, spec.record, config_hash=config_hash(spec.identity(cfg)),
-                              seconds=round(time.time() - started, 2), metrics=metrics)
+                              seconds=round(time.time() - started, 2), metrics=metrics, before_marker=card)
     logger().info("%s: %s in %.1f s -> %s", spec.name, made(marker), marker["seconds"], run.uri(spec.name))
     return run.uri(spec.name)
 
@@ -291,3 +299,12 @@ def made(marker: dict) -> str:
     on = " + ".join(d.rsplit("/", 1)[-1] for d in m.get("datasets", [])) or m.get("dataset", "").rsplit("/", 1)[-1]
     loss = f", loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}" if "final_loss" in m else ""
     return f"a model trained on {m.get('train_rows', '?')} rows{f' of {on}' if on else ''} ({m['steps']} steps{loss})"
+
+
+def card_text(spec: StageSpec, cfg: Any, run: Run, marker: dict) -> str:
+    """A training set's dataset card, from its spec, config and the marker about to be written."""
+    url = functools.partial(run.store.stage_url, run.run_id)
+    return dataset_card(SetFacts(
+        name=spec.name, about=spec.card or "", record=spec.record.__name__, row_doc=spec.record.__doc__ or "",
+        features=hf_features(spec.record), marker=marker, run_id=run.run_id, url=url(spec.name),
+        config=cfg.model_dump(mode="json"), upstream={s: url(s) for s in spec.reads_for(cfg)}))

@@ -141,6 +141,10 @@ class Lake:
         path = self.stage_path(run_id, stage)
         return path if _is_local(self.fs) else self.fs.unstrip_protocol(path)
 
+    def stage_url(self, run_id: str, stage: str) -> str:
+        """The stage's address as an absolute URL with a scheme, `file://` for a local lake: a Prefect asset key."""
+        return as_url(self.uri(run_id, stage))
+
     # -- writing ---------------------------------------------------------------------------------------
 
     def part_path(self, run_id: str, stage: str, shard: int) -> str:
@@ -200,8 +204,10 @@ class Lake:
         except FileNotFoundError:
             return None
 
-    def commit(self, run_id: str, stage: str, cls: type | None, **meta: Any) -> dict:
-        """Write the stage's _SUCCESS.json, last: row counts read from the parts' footers, plus `meta`."""
+    def commit(self, run_id: str, stage: str, cls: type | None,
+               before_marker: typing.Callable[[dict], None] | None = None, **meta: Any) -> dict:
+        """Write the stage's _SUCCESS.json, last: row counts read from the parts' footers, plus `meta`.
+        `before_marker` gets the marker before it is written (to write what must exist once the stage does)."""
         parts = sorted(p.rsplit("/", 1)[1] for p in self.fs.glob(f"{self.stage_path(run_id, stage)}/part-*.parquet"))
         rows = sum(self._num_rows(f"{self.stage_path(run_id, stage)}/{p}") for p in parts)
         q_parts = self.fs.glob(f"{self.stage_path(run_id, stage)}/_quarantine/part-*.parquet")
@@ -217,9 +223,18 @@ class Lake:
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **meta,
         }
+        if before_marker is not None:
+            before_marker(marker)
         data = json.dumps(marker, indent=2, sort_keys=True, default=str).encode()
         _atomic_write(self.fs, f"{self.stage_path(run_id, stage)}/{MARKER}", lambda f: f.write(data))
         return marker
+
+    def write_card(self, run_id: str, stage: str, text: str) -> str:
+        """The stage's dataset card, `{stage}/README.md` (where `datasets` and the Hub look for it); its URL."""
+        path = f"{self.stage_path(run_id, stage)}/README.md"
+        data = text.encode()
+        _atomic_write(self.fs, path, lambda f: f.write(data))
+        return self.fs.unstrip_protocol(path)
 
     def _num_rows(self, path: str) -> int:
         with self.fs.open(path, "rb") as f:
@@ -424,6 +439,28 @@ class RequestCache:
     def put(self, key: str, value: dict) -> None:
         data = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
         _atomic_write(self.fs, self._path(key), lambda f: f.write(data))
+
+
+def as_url(path: str) -> str:
+    """A path or URL as an absolute URL with a scheme: a local path becomes `file:///abs/path`, a URL is kept."""
+    if "://" in path:
+        return path
+    return "file://" + os.path.abspath(os.path.expanduser(path))
+
+
+# Hugging Face `datasets` feature dtypes of the Arrow types records use (arrow_schema).
+_HF_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64", pa.bool_(): "bool"}
+
+
+def hf_features(cls: type) -> list[dict[str, str]]:
+    """A record's columns as a dataset card's `dataset_info.features`: [{name, dtype}] or [{name, list}]."""
+    features = []
+    for f in arrow_schema(cls):
+        if pa.types.is_list(f.type):
+            features.append({"name": f.name, "list": _HF_DTYPES[f.type.value_type]})
+        else:
+            features.append({"name": f.name, "dtype": _HF_DTYPES[f.type]})
+    return features
 
 
 def fetch_dir(url: str, **storage_options: Any) -> Path:

@@ -107,7 +107,11 @@ def _identity(method: str):
                         "pairs": methods.datasets_for(method)}
 
 
+def _reads(method: str):
+    return lambda cfg: (POLICY.name, *train_sets(cfg, method))
+
+
 SPECS = {stage_name(m): StageSpec(stage_name(m), None, TrainConfig, _trainer(m), identity=_identity(m),
-                                  reads=(POLICY.name, *methods.method(m).datasets), skip=_ready(m), retries=0,
-                                  needs="gpu", gpus=lambda cfg: cfg.num_processes)
+                                  reads=_reads(m), sources=lambda cfg, m=m: [cfg.base] * from_base(cfg, m),
+                                  skip=_ready(m), retries=0, needs="gpu", gpus=lambda cfg: cfg.num_processes)
          for m in TRAINED}

@@ -3,10 +3,15 @@ hand-written rollouts whose slips are known, so every pair's cut, chosen side an
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
+from pathlib import Path
+
 import pytest
+import yaml
 from credit_world import SEED  # fixtures: world, served, runs
 
 from mathfactory.tasks.core import formatting
+from mathfactory.tasks.core.card import PARTS
 from mathfactory.tasks.core.records import Problem, Rollout, Verdict
 from mathfactory.tasks.core.steps import split_steps
 from mathfactory.tasks.core.strategies import STRATEGIES
@@ -137,3 +142,26 @@ def test_every_set_from_the_policys_samples_covers_the_problems_credit_covered(r
         else:
             assert ids and ids <= set(first), name
     assert {x.problem_id for x in run.datasets["dpo_step_cut"]} == set(first)
+
+
+def test_every_set_explains_itself_in_a_dataset_card(runs, tmp_path):
+    """README.md beside each set's parts, in the Hugging Face card format: `datasets` reads its front matter (the
+    parts as the train split, the columns as features) and gets the rows the lake holds."""
+    run = runs("binary")
+    folder = {name: Path(run.lake.root, "runs", run.run_id, name) for name in DATASETS}
+    for name, record in DATASETS.items():
+        card = (folder[name] / "README.md").read_text()
+        _, front, body = card.split("---\n", 2)
+        meta = yaml.safe_load(front)
+        assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": PARTS}]}]
+        assert [f["name"] for f in meta["dataset_info"]["features"]] == [f.name for f in fields(record)]
+        marker = run.marker(name)
+        assert f"| rows | {marker['rows']} |" in body and f"| distinct problems | {marker['metrics']['problems']} |" in body
+        assert run.run_id in body and marker["config_hash"] in body and "chosen: reference" in body  # the config
+        assert f"- credit: `file://{folder['sft'].parent / 'credit'}`" in body  # what it was built from
+
+    datasets = pytest.importorskip("datasets")
+    for name in ("dpo_step_cut", "stepwise"):
+        loaded = datasets.load_dataset(str(folder[name]), cache_dir=str(tmp_path / "hf"))
+        assert list(loaded) == ["train"]
+        assert sorted(loaded["train"].to_list(), key=str) == sorted((asdict(x) for x in run.datasets[name]), key=str)

@@ -41,6 +41,14 @@ class OpenAIOptions(BaseModel):
     max_concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
     timeout_s: float = Field(60, gt=0, description="Seconds per request before it is retried.")
     max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx, timeouts and connection errors.")
+    concurrency_limit: str | None = Field(
+        None, description="A Prefect global concurrency limit (`prefect gcl create NAME --limit N`) of which each "
+        "request holds a slot while in flight, so all workers of all runs together keep at most N requests in "
+        "flight. None: only max_concurrency, per engine.")
+    rate_limit: str | None = Field(
+        None, description="A Prefect limit with slot decay (`prefect gcl create NAME --limit N "
+        "--slot-decay-per-second R`) of which each request takes a slot as it is sent: R requests/s on average "
+        "across all workers, bursts of N. None: no rate limit.")
 
 
 EngineOptions = Annotated[TransformersOptions | VLLMOptions | OpenAIOptions, Field(discriminator="kind")]
@@ -61,9 +69,11 @@ def load_engine(options: EngineOptions, model_dir: str | Path | None = None, see
     """A live engine; `model_dir` is the local model for in-process engines (HTTP engines use the served one)."""
     if isinstance(options, OpenAIOptions):
         from mathfactory.tasks.engines.openai_engine import OpenAIEngine
+        from mathfactory.tasks.engines.quota import Quota
 
         return OpenAIEngine(options.base_url, options.model, mode=options.mode, max_concurrency=options.max_concurrency,
-                            timeout_s=options.timeout_s, max_retries=options.max_retries)
+                            timeout_s=options.timeout_s, max_retries=options.max_retries,
+                            quota=Quota(options.concurrency_limit, options.rate_limit))
     if model_dir is None:
         raise ValueError(f"the {options.kind} engine needs a model directory")
     if isinstance(options, VLLMOptions):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import httpx
 
 from mathfactory.tasks.engines.base import Completion, SamplingParams, request_seeds
+from mathfactory.tasks.engines.quota import Quota
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def backoff_delay(attempt: int, backoff_s: float, retry_after: float | None, rng
 
 class OpenAIEngine:
     """Engine over an OpenAI-compatible HTTP API: one request per prompt (with `n`), up to `max_concurrency`
-    in flight, retried on 429 / 5xx / timeouts / connection errors, failing fast on any other 4xx.
+    in flight (and within `quota`, the limits every worker shares), retried on 429 / 5xx / timeouts / connection
+    errors, failing fast on any other 4xx.
 
     `base_url` is the server's root, with or without the trailing "/v1" the OpenAI SDK expects. Greedy
     requests ask for one completion and repeat it n times: greedy samples are identical, and vLLM refuses
@@ -125,6 +127,7 @@ class OpenAIEngine:
         max_retries: int = 5,
         backoff_s: float = 1.0,
         system_prompt: str | None = None,
+        quota: Quota | None = None,
     ) -> None:
         if mode not in ("completions", "chat"):
             raise ValueError(f"mode must be 'completions' or 'chat', got {mode!r}")
@@ -141,6 +144,7 @@ class OpenAIEngine:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency)  # the limit holds across concurrent calls too
         self._rng = random.Random()
+        self.quota = quota or Quota()  # limits shared with every other client of the server (Prefect's)
 
     def __repr__(self) -> str:
         return f"OpenAIEngine(url={self.url!r}, model={self.model!r})"
@@ -222,7 +226,7 @@ class OpenAIEngine:
                 raise _Abandoned
             retry_after = None
             try:
-                with self._slots:
+                with self._slots, self.quota.slot():  # every attempt takes its slots: a retry is a request too
                     response = client.post(self.url, json=body)
             except httpx.TransportError as e:  # timeouts, refused or dropped connections
                 failure = f"{type(e).__name__}: {e}"

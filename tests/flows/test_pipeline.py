@@ -1,11 +1,13 @@
 """The pipeline flow under Prefect's own engine (a test harness API), on a tiny config in a local lake,
 driven through the `mathfactory` CLI as a user would."""
 
+import functools
 import importlib
 import itertools
 import json
 import re
 import shutil
+import time
 
 import pytest
 from prefect.artifacts import Artifact
@@ -74,6 +76,65 @@ def test_rerun_skips_every_stage(run):
     assert {p: lake.fs.info(p)["mtime"] for p in parts} == parts
 
 
+def materializations(lake: Lake, run_id: str, expected: int, timeout_s: float = 30) -> dict[str, dict]:
+    """Asset key -> {state, upstream keys, metadata} of every asset of run `run_id` the Prefect API holds (events
+    are written asynchronously: polled until `expected` keys are there)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    prefix = lake.stage_url(run_id, "-")[:-1]  # {lake}/runs/{run_id}/
+    names = ["prefect.asset.materialization.succeeded", "prefect.asset.materialization.failed"]
+    query = EventFilter(event=EventNameFilter(name=names), resource=EventResourceFilter(id_prefix=[prefix]))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found: dict[str, dict] = {}
+        with get_client(sync_client=True) as client:
+            page = client.read_events(query, limit=50)
+            events = list(page.events)
+            while page.next_page:
+                page = client.read_events_page(page.next_page)
+                events += page.events
+        for e in events:
+            assert e.resource.id not in found, f"{e.resource.id} materialized twice"
+            upstream = {r.id for r in e.related if r.role == "asset"}
+            found[e.resource.id] = {"state": e.event.rsplit(".", 1)[1], "upstream": upstream, "metadata": e.payload}
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_every_stage_is_a_prefect_asset_with_what_it_read_upstream(run):
+    """Each committed stage materialized once (the rerun above materialized nothing), keyed by its lake URL, its
+    upstream the stages it read, its metadata the marker's figures."""
+    cfg, _ = run
+    lake, run_id = Lake(cfg.lake), cfg.run_id()
+    stages = lake.stages(run_id)
+    url = functools.partial(lake.stage_url, run_id)
+    assets = materializations(lake, run_id, len(stages))
+    assert set(assets) == {url(s) for s in stages} and url("verdicts") == f"file://{cfg.lake}/runs/{run_id}/verdicts"
+    upstream = {key.rsplit("/", 1)[1]: {u.rsplit("/", 1)[1] for u in a["upstream"]} for key, a in assets.items()}
+    assert all(u.startswith(url("-")[:-1]) for a in assets.values() for u in a["upstream"])
+    sampled = {"problems", "rollouts", "verdicts", "credit"}
+    assert upstream == {"problems": set(), "policy": {"problems"}, "rollouts": {"problems", "policy"},
+                        "verdicts": {"problems", "rollouts"}, "credit": {"problems", "rollouts", "verdicts", "policy"},
+                        **{name: sampled for name in DATASETS}, "eval_sft": {"problems", "policy"}}
+    for stage, marker in stages.items():
+        meta = assets[url(stage)]["metadata"]
+        assert assets[url(stage)]["state"] == "succeeded"
+        assert (meta["run_id"], meta["config_hash"], meta["schema_version"]) == (
+            run_id, marker["config_hash"], marker["schema_version"])
+        assert meta.get("rows") == (marker["rows"] if marker["record"] else None), stage
+    assert assets[url("policy")]["metadata"]["kind"] == "model"
+
+
+def test_sharded_stages_report_their_progress(run):
+    cfg, _ = run
+    for stage, shards in (("rollouts", 2), ("verdicts", 2), ("credit", 2)):
+        artifact = Artifact.get(f"{cfg.run_id()}-{stage}-progress")
+        assert artifact is not None and artifact.type == "progress", stage
+        assert float(artifact.data) == 100.0 and artifact.description == f"{stage}: {shards} of {shards} shards finished"
+
+
 def test_ls_and_show_read_the_lake(run):
     cfg, _ = run
     run_id = cfg.run_id()
@@ -105,6 +166,11 @@ def test_seed_files_and_a_pretrained_policy(run, tmp_path):
     # Nothing to evaluate on: skipped with why, and the run completes.
     assert "eval_sft" not in stages and Lake(cfg.lake).skipped(run_id)["eval_sft"]["reason"] == \
         "no test problems to evaluate on (the run's problems: 5 train)"
+    # Lineage: the seed file upstream of the problems, the earlier run's model upstream of the policy.
+    lake = Lake(cfg.lake)
+    assets = materializations(lake, run_id, len(stages))
+    assert assets[lake.stage_url(run_id, "problems")]["upstream"] == {f"file://{seed}"}
+    assert assets[lake.stage_url(run_id, "policy")]["upstream"] == {lake.stage_url(cfg.run_id(), "policy")}
 
 
 @pytest.mark.parametrize("source", ["gsm8k", "math500"])
@@ -186,3 +252,13 @@ def test_every_method_is_trained_evaluated_and_compared_a_small_set_skipped_and_
     assert "skipped: train_edit_dpo" in listed.output
     shown = cli.invoke(app, ["show", run_id, "train_edit_dpo", "--lake", cfg.lake])
     assert shown.exit_code != 0 and f"skipped, {why}" in shown.output
+    # Lineage: training sets -> models -> evaluations; the failed training is a failed materialization, the
+    # skipped one none.
+    url = functools.partial(lake.stage_url, run_id)
+    assets = materializations(lake, run_id, 2 * len(trained) + 2)  # + train_dpo (failed) + eval_sft
+    assert assets[url("train_dpo")]["state"] == "failed" and url("eval_dpo") not in assets
+    assert url("train_edit_dpo") not in assets
+    assert assets[url("train_af_rft")]["upstream"] == {url("policy"), url("rft_advantage")}
+    assert assets[url("train_step_dpo")]["upstream"] == {url("policy"), url("dpo_step_cut")}
+    assert assets[url("eval_step_dpo")]["upstream"] == {url("problems"), url("train_step_dpo")}
+    assert assets[url("train_rft")]["metadata"]["steps"] == 2
