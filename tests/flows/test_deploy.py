@@ -375,7 +375,7 @@ def test_the_deployed_nightly_refresh_commits_a_small_night_and_skips_what_it_ca
         assert pipeline_run.parent_task_run_id is not None and pipeline_run.state.is_completed()
         key = re.sub(r"[^a-z0-9-]", "-", f"mathfactory-{run_id}".lower())
         (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert "skipped (not failed)" in artifact.data
+    assert "skipped (not failed)" in artifact.data, artifact.data
     assert all(f"| {stage} | {why} |" in artifact.data for stage, why in off.items())
 
     # Night 2, the form's switch on: each method trains on its set, or is skipped for want of rows.
@@ -402,17 +402,23 @@ def test_the_deployed_nightly_refresh_commits_a_small_night_and_skips_what_it_ca
     assert tonight["skipped"] == {s: why["reason"] for s, why in skipped.items()}
     assert set(skipped) == {f"train_{m}" for m in cfg.train.methods if m not in trained} | {
         f"eval_{m}" for m in ["sft", *trained]}
-    # The run's log says what each model stage made, or why it was skipped.
+    # The run's log says what each model stage made, or why it was skipped. A flow run's last log lines reach the
+    # API after its final state (its process ships them in batches), so they are polled for.
+    made = [f"policy: the pretrained model {nightly_policy(stack)} (referenced"] + [
+        f"train_{m}: a model trained on {stages[f'train_{m}']['metrics']['train_rows']} rows of "
+        f"{' + '.join(train_sets(cfg.train, m))} (" for m in trained]
     with api(stack) as client:
         (pipeline_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
         of_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline_run.id]))
-        logs, page = [], client.read_logs(log_filter=of_run, limit=200)
-        while page:
-            logs += [log.message for log in page]
-            page = client.read_logs(log_filter=of_run, limit=200, offset=len(logs))
-    assert any(m.startswith(f"policy: the pretrained model {nightly_policy(stack)} (referenced") for m in logs)
-    for method in trained:
-        made = f"train_{method}: a model trained on {stages[f'train_{method}']['metrics']['train_rows']} rows of " \
-               f"{' + '.join(train_sets(cfg.train, method))} ("
-        assert any(m.startswith(made) for m in logs), (made, logs)
+        deadline = time.monotonic() + 30
+        while True:
+            logs, page = [], client.read_logs(log_filter=of_run, limit=200)
+            while page:
+                logs += [log.message for log in page]
+                page = client.read_logs(log_filter=of_run, limit=200, offset=len(logs))
+            missing = [line for line in made if not any(m.startswith(line) for m in logs)]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert not missing, (missing, [m for m in logs if m.startswith(("policy", "train_"))])
     assert all(f"{stage}: skipped: {why['reason']}" in logs for stage, why in skipped.items())
