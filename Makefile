@@ -35,7 +35,7 @@ test: $(STAMP)
 	$(PY) -m ruff check flows tasks tests benchmarks
 	$(PY) -m pytest -q
 
-# The slow fault trials (pytest marker `slow`); `-m` here overrides the `not slow` in pyproject's addopts.
+# The slow trials (pytest marker `slow`: fault trials, training on the gpu pool / Ray, the deployed nightly); `-m` here overrides the `not slow` in pyproject's addopts.
 test-faults: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

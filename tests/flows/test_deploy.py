@@ -338,6 +338,7 @@ def night(stack: Stack, parameters: dict) -> tuple[object, dict]:
     return flow_run, Lake(parameters["config"]["lake"]).read_state("nightly/toy")
 
 
+@pytest.mark.slow  # a production path with its own flow runs: make test-faults, and CI
 def test_the_deployed_nightly_refresh_commits_a_small_night_and_skips_what_it_cannot_train(stack, worker, tmp_path):
     """The nightly-refresh deployment with the values `mathfactory deploy` registered (the lake aside) and a 5-row
     incoming file: the night's data is committed, the watermark advances, and the model stages are skipped with

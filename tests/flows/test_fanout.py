@@ -461,6 +461,7 @@ def landed_in_the_bucket_and_read_back(run: Run, rows: int) -> dict:
     return trained
 
 
+@pytest.mark.slow  # a production path with its own flow runs: make test-faults, and CI
 def test_a_method_trains_in_a_ray_task_given_a_gpu_into_an_s3_lake(prefect_api, ray_head, pi_sft, s3_url,
                                                                    s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)  # reaches the Ray workers by name (LAKE_ENV)
@@ -475,6 +476,7 @@ def test_a_method_trains_in_a_ray_task_given_a_gpu_into_an_s3_lake(prefect_api, 
                      worker_logs)
 
 
+@pytest.mark.slow  # a production path with its own flow runs: make test-faults, and CI
 def test_a_method_trains_on_the_gpu_pool_into_an_s3_lake(prefect_api, shard_worker, pi_sft, s3_url, s3_server,
                                                          monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
