@@ -42,24 +42,24 @@ def execute(spec: StageSpec, config: BaseModel, run: Run, runner: RunnerConfig |
 def record_task(module: str, stage: str, config: Any, run: Run, started: float) -> str:
     """A one-shard stage: written and committed in one task."""
     spec = resolve(module, stage)
-    uri = commit(spec, config, run, [write_shard(spec, config, run, 0)], started)
-    describe(spec, run)
-    return uri
+    return committed(spec, config, run, [write_shard(spec, config, run, 0)], started)
 
 
 @task(name="commit", task_run_name="{stage}", cache_policy=NO_CACHE)
 def commit_task(module: str, stage: str, config: Any, run: Run, shards: list[dict], started: float) -> str:
     """A stage's marker, once every shard (or its model) has landed."""
-    spec = resolve(module, stage)
-    uri = commit(spec, config, run, shards, started)
-    describe(spec, run)
-    return uri
+    return committed(resolve(module, stage), config, run, shards, started)
 
 
 @task(name="model", task_run_name="{stage}", cache_policy=NO_CACHE)
 def model_task(module: str, stage: str, config: Any, run: Run, started: float) -> str:
     """A model stage, trained in this task (tasks/trainer.py runs each trainer in a process of its own)."""
     spec = resolve(module, stage)
-    uri = commit(spec, config, run, [write_model(spec, config, run)], started)
+    return committed(spec, config, run, [write_model(spec, config, run)], started)
+
+
+def committed(spec: StageSpec, config: Any, run: Run, shards: list[dict], started: float) -> str:
+    """The marker written, then the asset's metadata from it (inside the materializing task)."""
+    uri = commit(spec, config, run, shards, started)
     describe(spec, run)
     return uri
