@@ -239,6 +239,8 @@ def experiment(config: ExperimentConfig | None = None) -> dict:
     summary = {"name": config.name, "config": config.model_dump(mode="json"), "base": base, "failed": failed,
                "runs": {f"{s}/{seed}": r for (s, seed), r in cells.items()}, **cost,
                "methods": display_order(set(complete)), "partial": sorted(set(results) - set(complete)),
+               "partial_pass": {m: {f"{v}/{s}": float(c.mean()) for (v, s), c in results[m].items()}
+                                for m in set(results) - set(complete)},
                "fit": fit}
     if config.axis == "sft_steps":
         summary["checkpoints"] = checkpoints(lake, cells)

@@ -153,6 +153,12 @@ def tables(summary: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
                 for m in summary["methods"] if "gain" in (f := fit["methods"][m])]
         out["Paired gain over SFT in greedy pass@1 (points; same problems and seeds), 95 % bootstrap intervals"] = (
             ["method", *(f"{label} {v}" for v in values)], rows)
+    if partial := summary.get("partial_pass"):
+        keys = sorted(summary["runs"], key=lambda k: tuple(int(x) for x in k.split("/")))
+        out["Methods missing from some cells (no positives or pairs there): greedy pass@1 where trained, "
+            "left out of the fits and intervals"] = (
+            ["method", *(f"{label}/seed {k}" for k in keys)],
+            [[m, *(_fmt(per.get(k), ".1%") for k in keys)] for m, per in sorted(partial.items())])
     if fit and sizes:
         at = [str(s) for s in (summary["config"]["multiplier_at"] or values)]
         rows = [[m, *(_interval(f["multiplier"][s], *f["multiplier_ci"][s])

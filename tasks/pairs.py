@@ -5,6 +5,7 @@ Each set is its own dataset in the lake, with its own marker (the builders are t
   rft_advantage    rft minus its low-advantage half        stepwise       TRL stepwise-supervision rows (PRM)
   dpo_outcome      random correct x incorrect (control)    dpo_edit       correct x most distant incorrect
   dpo_step_cut     correct x incorrect cut after its pit   dpo_step_prefix  prefix before the pit: good vs pit step
+  dpo_step_cut_max_drop  as dpo_step_cut, the pit by the other rule (max_drop, linear credit only)
 
 Every set built from the policy's samples covers the same problems: those the credit stage covered (its marker's
 `problems_limit`), so methods are compared on data from one problem set. `sft` is D_syn whole, what pi_sft
@@ -41,7 +42,7 @@ from mathfactory.tasks.verify import VERDICTS
 
 DATASETS = {"sft": SFTExample, "rft": SFTExample, "rft_advantage": SFTExample, "stepwise": StepwiseExample,
             "dpo_outcome": PreferencePair, "dpo_edit": PreferencePair, "dpo_step_cut": PreferencePair,
-            "dpo_step_prefix": PreferencePair}
+            "dpo_step_prefix": PreferencePair, "dpo_step_cut_max_drop": PreferencePair}
 
 
 class PairsConfig(BaseModel):
@@ -76,7 +77,18 @@ def build_all(cfg: PairsConfig, style: str, problems: list[Problem], rollouts: l
         "dpo_edit": build.edit_distance_pairs(rollouts, verdicts, cfg.edit_unit, **side),
         "dpo_step_cut": build.step_cut(rollouts, verdicts, credits, seed, **side),
         "dpo_step_prefix": build.step_prefix(rollouts, verdicts, credits, **side),
+        "dpo_step_cut_max_drop": max_drop_cut(rollouts, verdicts, credits, seed, side),
     }
+
+
+def max_drop_cut(rollouts: list[Rollout], verdicts: list[Verdict], credits: list[StepCredit], seed: int,
+                 side: dict) -> build.Built[PreferencePair]:
+    """step_cut pairs with the pit re-chosen by max_drop (the advantage view), whatever rule the credit stage used,
+    so one sweep compares both pit rules on the same Q-values. Needs linear credit; other credit yields no pairs,
+    each wrong rollout's credit counted as `needs_linear_credit`."""
+    if any(c.strategy != "linear" for c in credits):
+        return build.Built([], Counter(needs_linear_credit=len({c.rollout_id for c in credits})))
+    return build.step_cut(rollouts, verdicts, mc.repit(credits, "max_drop"), seed, **side)
 
 
 def tally_set(rows: Iterable[SFTExample | PreferencePair | StepwiseExample]) -> dict:
@@ -154,6 +166,9 @@ ABOUT = {
     "dpo_step_prefix": "Self-Explore pairs (TRL's DPOTrainer): the question plus the steps before the first pit as "
                        "the prompt, a continuation verified from there (chosen) against the pit step (rejected). "
                        + COVERED,
+    "dpo_step_cut_max_drop": "Per-step DPO pairs as dpo_step_cut, the pit chosen by max_drop instead: the step with "
+                             "the most negative advantage A_i = Q_i - Q_{i-1} (needs linear credit). "
+                             + CHOSEN + " " + COVERED,
 }
 READS = (PROBLEMS.name, ROLLOUTS.name, VERDICTS.name, CREDIT.name)
 SETS = {name: StageSpec(name, record, PairsConfig, _writer(name), reads=READS, tally=tally_set, card=ABOUT[name])

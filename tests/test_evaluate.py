@@ -163,9 +163,9 @@ def test_a_landed_shard_is_counted_not_redone(trained, tmp_path):
 
 def test_eval_stages_are_sharded_and_unknown_methods_refused():
     assert resolve("mathfactory.tasks.evaluate", SFT) is SPECS[SFT]  # as a shard run finds its stage
-    assert set(SPECS) == {f"eval_{m}" for m in ("sft", "rft", "af_rft", "dpo", "edit_dpo", "step_dpo", "step_dpo_prefix")}
+    assert set(SPECS) == {f"eval_{m}" for m in ("sft", "rft", "af_rft", "dpo", "edit_dpo", "step_dpo", "step_dpo_prefix", "step_dpo_max_drop")}
     assert all(spec.sharded and spec.n_shards(EVAL, run_in("/lake")) == 2 for spec in SPECS.values())
-    with pytest.raises(ValueError, match="unknown method 'ppo'; methods: sft, rft, af_rft, dpo, edit_dpo, step_dpo, step_dpo_prefix"):
+    with pytest.raises(ValueError, match="unknown method 'ppo'; methods: sft, rft, af_rft, dpo, edit_dpo, step_dpo, step_dpo_prefix, step_dpo_max_drop"):
         eval_stage("ppo")
     with pytest.raises(ValueError, match="declares no stage 'eval_ppo'"):
         resolve("mathfactory.tasks.evaluate", "eval_ppo")

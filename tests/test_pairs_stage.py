@@ -76,6 +76,20 @@ def test_step_pairs_are_cut_at_the_slip(runs, world, strategy):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_max_drop_pit_set_needs_linear_credit_and_finds_the_slip(runs, world, strategy):
+    run = runs(strategy)
+    pairs, metrics = run.datasets["dpo_step_cut_max_drop"], run.marker("dpo_step_cut_max_drop")["metrics"]
+    if strategy != "linear":  # scan and binary stop probing at a step's first success: no advantages to compare
+        assert not pairs and metrics["skipped"] == {"needs_linear_credit": len(run.credits)}
+        return
+    # Q is 1 before the slip and 0 from it, so the biggest drop is the first zero: the same cut as dpo_step_cut.
+    assert {x.rejected_rollout_id: (x.pit_index, x.rejected) for x in pairs} == {
+        x.rejected_rollout_id: (x.pit_index, x.rejected) for x in run.datasets["dpo_step_cut"]}
+    assert {x.rejected_rollout_id: x.pit_index for x in pairs} == {
+        r.rollout_id: world.slip[r.rollout_id] for r in world.creditable_wrong()}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_stepwise_labels_are_true_before_the_pit(runs, world, strategy):
     run = runs(strategy)
     rows = {x.rollout_id: x for x in run.datasets["stepwise"]}
@@ -139,6 +153,8 @@ def test_every_set_from_the_policys_samples_covers_the_problems_credit_covered(r
         assert metrics["problems"] == len(ids) and metrics["covered"] == 3
         if name == "sft":  # D_syn whole: what pi_sft learned from
             assert ids == set(world.train)
+        elif name == "dpo_step_cut_max_drop":  # binary credit: no max-drop pits (its own test)
+            assert not ids
         else:
             assert ids and ids <= set(first), name
     assert {x.problem_id for x in run.datasets["dpo_step_cut"]} == set(first)

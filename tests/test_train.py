@@ -42,7 +42,7 @@ def lake(tmp_path_factory) -> Lake:
     sft, pairs = toy_training_sets(problems)
     for name in ("rft", "rft_advantage"):
         write(lk, name, SFTExample, sft)
-    for name in ("dpo_outcome", "dpo_edit", "dpo_step_cut", "dpo_step_prefix"):
+    for name in ("dpo_outcome", "dpo_edit", "dpo_step_cut", "dpo_step_prefix", "dpo_step_cut_max_drop"):
         write(lk, name, PreferencePair, pairs)
     return lk
 

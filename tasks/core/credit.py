@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import comb
 
 from mathfactory.tasks.core.records import StepCredit, StepwiseExample
@@ -97,6 +97,29 @@ def max_drop(adv: Mapping[int, float | None]) -> int | None:
     """The step (i >= 1) with the most negative advantage, the first of equals; None if no advantage is known."""
     known = sorted(i for i, a in adv.items() if i >= 1 and a is not None)
     return min(known, key=lambda i: adv[i]) if known else None  # min keeps the first of equals
+
+
+def repit(rows: Iterable[StepCredit], rule: str) -> list[StepCredit]:
+    """The same credit with each wrong rollout's pit chosen by `rule` instead: the rows keep every step's verified
+    draws (first_zero) and advantages (max_drop), so a second rule costs no sampling. Only linear credit has Q at
+    consecutive steps, so max_drop of scan or binary rows is refused as `check` refuses it."""
+    rows = list(rows)
+    if rule == "max_drop" and any(r.strategy != "linear" for r in rows):
+        raise ValueError("pit=max_drop needs linear credit (Q at consecutive steps)")
+    by_rollout: dict[str, list[StepCredit]] = {}
+    for r in rows:
+        by_rollout.setdefault(r.rollout_id, []).append(r)
+    out = []
+    for steps in by_rollout.values():
+        last = max(steps, key=lambda r: r.step_index)
+        if last.q == 1.0:  # Q_n is the verdict: a correct rollout has no pit
+            pit = None
+        elif rule == "first_zero":
+            pit = first_zero({r.step_index: r.n_correct for r in steps})
+        else:
+            pit = max_drop({r.step_index: r.advantage for r in steps})
+        out += [replace(r, is_pit=r.step_index == pit) for r in steps]
+    return out
 
 
 # --- rows ------------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ METHODS = (
     # before the pit continued well vs the pit step (Self-Explore).
     Method("step_dpo", "dpo", ("dpo_step_cut",), "per-step DPO on credited negatives, cut at the pit"),
     Method("step_dpo_prefix", "dpo", ("dpo_step_prefix",), "per-step DPO, prefix pairs at the pit (Self-Explore)"),
+    # The other pit rule on the same credit: the step that lost the most Q (linear credit only).
+    Method("step_dpo_max_drop", "dpo", ("dpo_step_cut_max_drop",), "per-step DPO, cut at the max-drop pit"),
 )
 BY_NAME = {m.name: m for m in METHODS}
 TRAINED = tuple(m.name for m in METHODS if m.trainer)

@@ -4,6 +4,7 @@ samplers (each rollout has a known true Q per step), and the batching driver."""
 import itertools
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -13,8 +14,10 @@ from mathfactory.tasks.core.credit import (
     best_of_k,
     check,
     credit,
+    credit_rows,
     first_zero,
     max_drop,
+    repit,
     stepwise_example,
     tally,
 )
@@ -343,3 +346,22 @@ def test_binary_saves_at_least_3x_on_long_rollouts():
     _, _, linear = simulate(q_true, "linear", seed=3)
     _, _, binary = simulate(q_true, "binary", seed=3)
     assert linear >= 3 * binary
+
+
+def test_repit_rechooses_the_pit_from_the_rows_as_credit_would_have():
+    # Q along a wrong rollout: 1.0, 0.25 (step 1: the biggest drop), 0.0 (step 2: the first zero), 0.25, 0 verdict
+    steps = tuple(Step(f"s{i}", 3 * i, 3 * i + 2) for i in range(4))
+    target = Target("r", "p", steps, correct=False, n_solved=4, n_sampled=4)
+    seen = {i: [Continuation(j < c, "x") for j in range(4)] for i, c in ((1, 1), (2, 0), (3, 1))}
+    by_rule = {rule: credit_rows(target, seen, "linear", m=4, pit=rule) for rule in ("first_zero", "max_drop")}
+    pits = {rule: [r.step_index for r in rows if r.is_pit] for rule, rows in by_rule.items()}
+    assert pits == {"first_zero": [2], "max_drop": [1]}
+    for rule, rows in by_rule.items():
+        other = "max_drop" if rule == "first_zero" else "first_zero"
+        assert repit(rows, other) == by_rule[other]
+        assert repit(rows, rule) == rows
+    # A correct rollout keeps no pit under either rule.
+    right = credit_rows(Target("c", "p", steps, True, 3, 4), seen, "linear", m=4)
+    assert not any(r.is_pit for r in repit(right, "max_drop"))
+    with pytest.raises(ValueError, match="needs linear credit"):
+        repit([replace(r, strategy="binary") for r in right], "max_drop")

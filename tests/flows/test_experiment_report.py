@@ -55,6 +55,16 @@ def test_a_checkpoint_sweep_reports_the_critical_step_not_a_power_law():
     assert from_checkpoints_png(summary).startswith(b"\x89PNG")
 
 
+def test_a_method_missing_from_a_cell_is_reported_where_it_was_trained():
+    summary = _summary("sft_steps", [100, 400])
+    summary["partial"] = ["rft"]
+    summary["partial_pass"] = {"rft": {"400/0": 0.25, "400/1": 0.5, "100/1": 0.125}}
+    (headers, rows), = (v for title, v in tables(summary).items() if title.startswith("Methods missing"))
+    assert headers == ["method", "SFT steps/seed 100/0", "SFT steps/seed 100/1", "SFT steps/seed 400/0",
+                       "SFT steps/seed 400/1"]
+    assert rows == [["rft", "-", "12.5%", "25.0%", "50.0%"]]
+
+
 def test_q_values_are_tabled_per_method_and_step():
     summary = _summary("size", [64, 128])
     summary["q_values"] = {"run": "r1280", "problems": 3, "m": 4, "curves": {
