@@ -237,7 +237,8 @@ def sample(file: str, question: Question, gold: Gold, policy: Policy, out_file: 
     engine = _policy(policy, model, cache, seed)
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, stop=STOP, seed=seed)
     with Grading(timeout_s=timeout).judge() as judge:
-        results = _served(lambda: own_files.sample(rows, question, gold, engine, params, judge))
+        results, problems = _served(lambda: own_files.sample(rows, question, gold, engine, params, judge))
+    _print_problems(problems)
     write_file_rows(out_file, results)
     solved = sum(r["correct"] for r in results)
     out.print(f"wrote {len(results)} completions of {len(rows)} questions ({solved} correct) to {out_file}\n"

@@ -21,7 +21,7 @@ from mathfactory.tasks.core.steps import split_steps, style_of_text
 from mathfactory.tasks.credit import CreditConfig, Solution, monte_carlo
 from mathfactory.tasks.engines import OpenAIOptions, TransformersOptions, load_engine, model_name
 from mathfactory.tasks.engines.base import SamplingParams
-from mathfactory.tasks.engines.cached import CachedEngine
+from mathfactory.tasks.engines.cached import CachedEngine, RequestsRefused
 from mathfactory.tasks.judge import Judge
 from mathfactory.tasks.storage import RequestCache, as_url, dir_version, fetch_dir, iter_file_rows
 
@@ -63,16 +63,28 @@ def open_policy(policy: str, model: str | None, cache: RequestCache, seed: int =
     return CachedEngine(engine, cache, f"{as_url(policy)}@{dir_version(local)}")
 
 
+def refused(why: str) -> str:
+    return f"refused by the policy's server: {why}"
+
+
 def sample(rows: Sequence[InputRow], question: str, gold: str, engine: CachedEngine, params: SamplingParams,
-           judge: Judge) -> list[dict]:
+           judge: Judge) -> tuple[list[dict], Problems]:
     """params.n completions of each row's question, graded against its gold: the row's columns plus `row`,
-    `sample_index`, `completion`, `n_tokens`, `finish_reason`, `correct`, `reason`, `predicted`."""
-    out = []
+    `sample_index`, `completion`, `n_tokens`, `finish_reason`, `correct`, `reason`, `predicted`; and the rows
+    whose request the server refused, with why."""
+    out, problems = [], []
     chunk = max(1, 512 // params.n)  # questions per engine call, as the rollouts stage asks
     with tqdm(total=len(rows), desc="sample", unit="question", disable=None) as bar:
         for a in range(0, len(rows), chunk):
             batch = rows[a : a + chunk]
-            outs = engine.generate([formatting.prompt(str(r.data[question])) for r in batch], params)
+            try:
+                outs = engine.generate([formatting.prompt(str(r.data[question])) for r in batch], params)
+            except RequestsRefused as e:  # the others' answers are cached: ask again without the refused
+                no = {r.index: e.refused[p] for r in batch if (p := formatting.prompt(str(r.data[question])))
+                      in e.refused}
+                problems += [(r.origin, refused(no[r.index])) for r in batch if r.index in no]
+                batch = [r for r in batch if r.index not in no]
+                outs = engine.generate([formatting.prompt(str(r.data[question])) for r in batch], params)
             grades = iter(judge.grade_many((str(r.data[gold]), c.text) for r, cs in zip(batch, outs, strict=True)
                                            for c in cs))
             for r, cs in zip(batch, outs, strict=True):
@@ -82,7 +94,7 @@ def sample(rows: Sequence[InputRow], question: str, gold: str, engine: CachedEng
                                 "n_tokens": c.n_tokens, "finish_reason": c.finish_reason, "correct": g.correct,
                                 "reason": g.reason, "predicted": g.predicted})
             bar.update(len(batch))
-    return out
+    return out, problems
 
 
 def credit(rows: Sequence[InputRow], question: str, gold: str, completion: str, style: str, engine: CachedEngine,
@@ -115,7 +127,21 @@ def credit(rows: Sequence[InputRow], question: str, gold: str, completion: str, 
         of[target.rollout_id] = (r, split, grade)
     solutions = {t: Solution(formatting.prompt(str(r.data[question])), str(r.data[completion]), str(r.data[gold]))
                  for t, (r, _, _) in of.items()}
-    credits, _ = monte_carlo(cfg, engine, judge, wrong, right, solutions, lambda *rk: derive_seed(seed, *rk))
+    while True:
+        try:
+            credits, _ = monte_carlo(cfg, engine, judge, wrong, right, solutions, lambda *rk: derive_seed(seed, *rk))
+            break
+        except RequestsRefused as e:
+            # Drop the completions a refused prefix belongs to and label the rest again: what they were
+            # answered so far is cached, and their requests (seeded by round) are the same ones.
+            dropped = {t: why for t, s in solutions.items() for p, why in e.refused.items()
+                       if p.startswith(s.prompt) and (s.prompt + s.completion).startswith(p)}
+            if not dropped:
+                raise
+            problems += [(of[t][0].origin, refused(why)) for t, why in dropped.items()]
+            wrong = [t for t in wrong if t.rollout_id not in dropped]
+            right = [t for t in right if t.rollout_id not in dropped]
+            solutions = {t: s for t, s in solutions.items() if t not in dropped}
     out = []
     for c in sorted(credits, key=lambda c: (of[c.rollout_id][0].index, c.step_index)):
         r, split, grade = of[c.rollout_id]

@@ -197,3 +197,50 @@ def test_bad_options_are_one_clear_line(tmp_path, problems, policy):
     result = cli.invoke(app, ["credit", src, *common, "--policy", policy[0], "--pit", "max_drop"])
     assert result.exit_code != 0 and "max_drop needs Q at consecutive steps" in result.output
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_sample_from_a_local_model_directory_is_cached_by_its_files(tmp_path, problems):
+    from support import tiny_policy
+
+    model = tiny_policy(tmp_path / "policy")
+    src = tmp_path / "questions.jsonl"
+    src.write_text("".join(json.dumps({"q": p["question"], "a": p["answer"].rsplit("#### ", 1)[1]}) + "\n"
+                           for p in problems[:2]))
+    out = str(tmp_path / "samples.parquet")
+    args = ["sample", str(src), "--question", "q", "--gold", "a", "--policy", str(model), "--n", "2",
+            "--max-new-tokens", "24", "--out", out, "--cache", str(tmp_path / "cache")]
+    assert "policy requests: 2 sent, 0 answered" in invoke(*args).output
+    samples = pq.read_table(out).to_pylist()
+    assert [(s["row"], s["sample_index"]) for s in samples] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(s["n_tokens"] > 0 for s in samples)
+    assert "policy requests: 0 sent, 2 answered" in invoke(*args).output
+    assert pq.read_table(out).to_pylist() == samples
+    (model / "config.json").write_text((model / "config.json").read_text() + "\n")  # a model saved anew
+    assert "policy requests: 2 sent, 0 answered" in invoke(*args).output
+
+
+def test_a_request_the_server_refuses_costs_only_its_own_row(tmp_path, problems, policy):
+    """A question too long for the served model's context (HTTP 400, as vLLM answers) is reported with its row;
+    every other row is sampled and credited."""
+    url, _ = policy
+    src, slips = user_file(tmp_path, problems[:2])
+    long = {"question": problems[0]["question"] + " Think." * 5000, "gold": "1",
+            "output": wrong_completion(problems[0]["answer"], 2), "solution": problems[0]["answer"]}
+    with open(src, "a") as f:
+        f.write(json.dumps(long) + "\n")
+    line = len(Path(src).read_text().splitlines())
+    out = str(tmp_path / "credit.jsonl")
+    result = invoke("credit", src, "--question", "question", "--gold", "gold", "--completion", "output",
+                    "--policy", url, "--model", MODEL, "--out", out, "--m", "2", "--cache", str(tmp_path / "c"))
+    assert f"{src}:{line}: refused by the policy's server: HTTP 400: " in result.output
+    assert "prompt tokens > 4096" in result.output
+    credited = jsonl(out)
+    assert {r["row"] for r in credited} == set(slips)
+    assert sorted((r["row"], r["step_index"]) for r in credited if r["is_pit"]) == sorted(
+        (i, s) for i, s in slips.items() if s)
+
+    result = invoke("sample", src, "--question", "question", "--gold", "gold", "--policy", url, "--model", MODEL,
+                    "--n", "2", "--out", out, "--cache", str(tmp_path / "c"))
+    assert f"{src}:{line}: refused by the policy's server: HTTP 400: " in result.output
+    n = len(slips)  # row n is malformed JSON, n+1 and n+2 lack an output but have a question; n+3 is the long one
+    assert sorted({r["row"] for r in jsonl(out)}) == [*slips, n + 1, n + 2]
