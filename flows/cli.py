@@ -241,7 +241,7 @@ def sample(file: str, question: Question, gold: Gold, policy: Policy, out_file: 
     _print_problems(problems)
     write_file_rows(out_file, results)
     solved = sum(r["correct"] for r in results)
-    out.print(f"wrote {len(results)} completions of {len(rows)} questions ({solved} correct) to {out_file}\n"
+    out.print(f"wrote {len(results)} completions of {len(rows) - len(problems)} rows ({solved} correct) to {out_file}\n"
               + _asked(engine), highlight=False)
 
 
@@ -295,7 +295,7 @@ def credit(file: str, question: Question, gold: Gold,
 
 
 @app.command()
-def pairs(credit_file: Annotated[str, typer.Argument(metavar="CREDIT", help="A file `mathfactory credit` wrote.")],
+def pairs(credit: Annotated[str, typer.Argument(help="A file `mathfactory credit` wrote.")],
           kind: Annotated[str, typer.Option(help="step_cut | step_prefix | outcome | edit (DPO pairs), rft | "
                                                  "rft_advantage (SFT rows), stepwise (PRM labels).")],
           out_file: OutFile,
@@ -317,7 +317,7 @@ def pairs(credit_file: Annotated[str, typer.Argument(metavar="CREDIT", help="A f
     if chosen not in ("policy", "reference", "both"):
         raise typer.BadParameter(f"must be policy, reference or both, got {chosen!r}", param_hint="--chosen")
     try:
-        rows, problems = read_credit(credit_file)
+        rows, problems = read_credit(credit)
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="CREDIT") from None
     _print_problems(problems)

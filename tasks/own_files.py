@@ -120,7 +120,7 @@ def credit(rows: Sequence[InputRow], question: str, gold: str, completion: str, 
         target = mc.Target(stable_id("own", r.index, q, c), stable_id("own", q, g), tuple(split_steps(c, split)),
                            grade.correct, solved[q, g], sampled[q, g])
         if why := mc.uncreditable(target, cfg.max_steps):
-            detail = "empty completion" if why == "no_steps" else f"{len(target.steps)} steps > --max-steps {cfg.max_steps}"
+            detail = "empty completion" if why == "no_steps" else f"{len(target.steps)} steps > {cfg.max_steps}"
             problems.append((r.origin, f"not credited: {why} ({detail})"))
             continue
         (right if grade.correct else wrong).append(target)

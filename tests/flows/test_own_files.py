@@ -244,3 +244,22 @@ def test_a_request_the_server_refuses_costs_only_its_own_row(tmp_path, problems,
     assert f"{src}:{line}: refused by the policy's server: HTTP 400: " in result.output
     n = len(slips)  # row n is malformed JSON, n+1 and n+2 lack an output but have a question; n+3 is the long one
     assert sorted({r["row"] for r in jsonl(out)}) == [*slips, n + 1, n + 2]
+
+
+def test_latex_completions_split_math_style_and_say_so(tmp_path, shared_data, policy):
+    """A MATH500 solution credited against a policy that cannot solve it: steps are its sentences (the split
+    stated in `steps`), and Q falls to 0 at the first step."""
+    from mathfactory.tasks.core.steps import split_steps
+
+    row = json.loads((shared_data / "math500" / "test.jsonl").read_text().splitlines()[1])
+    src = tmp_path / "math.jsonl"
+    src.write_text(json.dumps({"problem": row["problem"], "answer": row["answer"], "solution": row["solution"]}))
+    out = str(tmp_path / "credit.jsonl")
+    invoke("credit", str(src), "--question", "problem", "--gold", "answer", "--completion", "solution",
+           "--policy", policy[0], "--model", MODEL, "--out", out, "--m", "2", "--cache", str(tmp_path / "c"))
+    credited = jsonl(out)
+    steps = split_steps(row["solution"], "math")
+    assert len(steps) > 1 and {r["steps"] for r in credited} == {"math"}
+    assert all(r["step_text"] == steps[r["step_index"] - 1].text for r in credited if r["step_index"])
+    assert [r["step_index"] for r in credited] == list(range(len(steps) + 1))  # a right solution: every step
+    assert all(r["correct"] for r in credited) and credited[1]["q"] == 0.0
