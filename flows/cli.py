@@ -216,6 +216,15 @@ def _served(call):
         raise typer.Exit(1) from None
 
 
+def _write(out_file: str, rows: list[dict]) -> None:
+    from mathfactory.tasks.storage import write_file_rows
+
+    try:
+        write_file_rows(out_file, rows)
+    except DataError as e:
+        raise typer.BadParameter(str(e), param_hint="--out") from None
+
+
 def _asked(engine) -> str:
     return f"policy requests: {engine.usage.asked} sent, {engine.usage.cached} answered from {engine.cache.url}"
 
@@ -231,7 +240,6 @@ def sample(file: str, question: Question, gold: Gold, policy: Policy, out_file: 
     from mathfactory.tasks.core.formatting import STOP
     from mathfactory.tasks.engines.base import SamplingParams
     from mathfactory.tasks.judge import Grading
-    from mathfactory.tasks.storage import write_file_rows
 
     rows = _own_rows(file, [question, gold])
     engine = _policy(policy, model, cache, seed)
@@ -239,7 +247,7 @@ def sample(file: str, question: Question, gold: Gold, policy: Policy, out_file: 
     with Grading(timeout_s=timeout).judge() as judge:
         results, problems = _served(lambda: own_files.sample(rows, question, gold, engine, params, judge))
     _print_problems(problems)
-    write_file_rows(out_file, results)
+    _write(out_file, results)
     solved = sum(r["correct"] for r in results)
     out.print(f"wrote {len(results)} completions of {len(rows) - len(problems)} rows ({solved} correct) to {out_file}\n"
               + _asked(engine), highlight=False)
@@ -271,7 +279,6 @@ def credit(file: str, question: Question, gold: Gold,
     from mathfactory.tasks import own_files
     from mathfactory.tasks.credit import CreditConfig
     from mathfactory.tasks.judge import Grading
-    from mathfactory.tasks.storage import write_file_rows
 
     if steps not in ("auto", "lines", "math"):
         raise typer.BadParameter(f"must be auto, lines or math, got {steps!r}", param_hint="--steps")
@@ -287,7 +294,7 @@ def credit(file: str, question: Question, gold: Gold,
         results, problems = _served(lambda: own_files.credit(rows, question, gold, completion, steps, engine,
                                                              judge, cfg, seed))
     _print_problems(problems)
-    write_file_rows(out_file, results)
+    _write(out_file, results)
     credited = {r["row"] for r in results}
     pits = sum(r["is_pit"] for r in results)
     out.print(f"wrote {len(results)} step rows of {len(credited)} credited completions ({pits} pits) to {out_file};"
@@ -309,7 +316,6 @@ def pairs(credit: Annotated[str, typer.Argument(help="A file `mathfactory credit
     prompt/completions/labels), built as the pipeline builds its sets; prints what was left out and why."""
     from mathfactory.tasks.own_pairs import KINDS, as_rows, build_set, read_credit
     from mathfactory.tasks.pairs import PairsConfig
-    from mathfactory.tasks.storage import write_file_rows
 
     if kind not in KINDS:
         raise typer.BadParameter(f"must be one of {', '.join(KINDS)}, got {kind!r}", param_hint="--kind")
@@ -327,7 +333,7 @@ def pairs(credit: Annotated[str, typer.Argument(help="A file `mathfactory credit
         for reason, count in built.skipped.most_common():
             table.add_row(reason, str(count))
         out.print(table)
-    write_file_rows(out_file, as_rows(built))
+    _write(out_file, as_rows(built))
     out.print(f"wrote {len(built.rows)} {kind} rows to {out_file}", highlight=False)
 
 

@@ -589,7 +589,10 @@ def write_file_rows(url: str, rows: Iterable[dict], **storage_options: Any) -> i
     rows = list(rows)
     fs, path = _url_to_fs(url, **storage_options)
     if path.endswith(".parquet"):
-        table = pa.Table.from_pylist(rows)
+        try:
+            table = pa.Table.from_pylist(rows)
+        except pa.ArrowException as e:  # a column whose values change type from row to row
+            raise DataError(f"{url}: cannot write Parquet ({e}); a .jsonl output takes mixed types") from None
         _atomic_write(fs, path, lambda f: pq.write_table(table, f))
     else:
         data = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode()
