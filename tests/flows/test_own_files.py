@@ -256,7 +256,8 @@ def test_latex_completions_split_math_style_and_say_so(tmp_path, shared_data, po
     src.write_text(json.dumps({"problem": row["problem"], "answer": row["answer"], "solution": row["solution"]}))
     out = str(tmp_path / "credit.jsonl")
     invoke("credit", str(src), "--question", "problem", "--gold", "answer", "--completion", "solution",
-           "--policy", policy[0], "--model", MODEL, "--out", out, "--m", "2", "--cache", str(tmp_path / "c"))
+           "--policy", policy[0], "--model", MODEL, "--out", out, "--m", "2", "--cache", str(tmp_path / "c"),
+           "--timeout", "60")  # LaTeX grading: a loaded machine must not turn the right answer into a timeout
     credited = jsonl(out)
     steps = split_steps(row["solution"], "math")
     assert len(steps) > 1 and {r["steps"] for r in credited} == {"math"}
