@@ -180,6 +180,7 @@ Timeout = Annotated[float, typer.Option(help="Seconds per LaTeX comparison.")]
 def _own_rows(file: str, columns: list[str]):
     """The file's usable rows; every other row is printed with file:line and why."""
     from mathfactory.tasks.own_files import read_rows
+    from mathfactory.tasks.storage import DataError
 
     try:
         rows, problems = read_rows(file, columns)
@@ -196,7 +197,7 @@ def _print_problems(problems: list[tuple[str, str]]) -> None:
 
 def _policy(policy: str, model: str | None, cache: str | None, seed: int):
     from mathfactory.tasks.own_files import open_policy
-    from mathfactory.tasks.storage import RequestCache, user_cache
+    from mathfactory.tasks.storage import DataError, RequestCache, user_cache
 
     try:
         return open_policy(policy, model, RequestCache(cache) if cache else user_cache("policy"), seed)
@@ -217,7 +218,7 @@ def _served(call):
 
 
 def _write(out_file: str, rows: list[dict]) -> None:
-    from mathfactory.tasks.storage import write_file_rows
+    from mathfactory.tasks.storage import DataError, write_file_rows
 
     try:
         write_file_rows(out_file, rows)
@@ -316,6 +317,7 @@ def pairs(credit: Annotated[str, typer.Argument(help="A file `mathfactory credit
     prompt/completions/labels), built as the pipeline builds its sets; prints what was left out and why."""
     from mathfactory.tasks.own_pairs import KINDS, as_rows, build_set, read_credit
     from mathfactory.tasks.pairs import PairsConfig
+    from mathfactory.tasks.storage import DataError
 
     if kind not in KINDS:
         raise typer.BadParameter(f"must be one of {', '.join(KINDS)}, got {kind!r}", param_hint="--kind")
