@@ -185,6 +185,14 @@ def test_sample_grades_each_completion_and_resumes_from_the_cache(tmp_path, prob
         invoke(*args)
         assert record.received == len(problems)
         assert jsonl(out) == samples
+
+        credit = str(tmp_path / "credit.jsonl")  # the samples, credited as they are: `row` indexes them
+        invoke("credit", out, "--question", "q", "--gold", "a", "--completion", "completion", "--policy",
+               server.url, "--model", MODEL, "--m", "2", "--out", credit, "--cache", str(tmp_path / "cache"))
+        pits: dict[int, int] = {}
+        for r in jsonl(credit):
+            pits[r["row"]] = pits.get(r["row"], 0) + r["is_pit"]
+        assert pits == {i: int(not s["correct"]) for i, s in enumerate(samples)}  # one pit per wrong sample
     finally:
         server.stop()
 
