@@ -159,6 +159,186 @@ def verify(file: str, gold: Annotated[str, typer.Option(help="Column with the re
         out.print(f"wrote {len(results)} rows to {out_file}")
 
 
+# -- the stages on a user's own files ----------------------------------------------------------------------
+
+Policy = Annotated[str, typer.Option(help="The policy: a model directory (path or fsspec URL) or an "
+                                          "OpenAI-compatible server's base URL (http://HOST:PORT/v1).")]
+Model = Annotated[str | None, typer.Option(help="The served model's name, where the server needs one.")]
+Cache = Annotated[str | None, typer.Option(help="Folder (path or URL) of the policy's cached answers "
+                                                "(default: $MATHFACTORY_CACHE/requests/policy, "
+                                                "MATHFACTORY_CACHE defaulting to ~/.cache/mathfactory).")]
+Seed = Annotated[int, typer.Option(help="Sampling seed: the same seed asks the same requests (answered from "
+                                        "the cache on a rerun).")]
+Question = Annotated[str, typer.Option(help="Column with the question.")]
+Gold = Annotated[str, typer.Option(help="Column with the reference final answer.")]
+OutFile = Annotated[str, typer.Option("--out", help="Output file (.jsonl/.parquet), written whole or not at all.")]
+Temperature = Annotated[float, typer.Option(min=0, help="Sampling temperature.")]
+MaxNew = Annotated[int, typer.Option(min=1, help="Generation budget per completion, in tokens.")]
+Timeout = Annotated[float, typer.Option(help="Seconds per LaTeX comparison.")]
+
+
+def _own_rows(file: str, columns: list[str]):
+    """The file's usable rows; every other row is printed with file:line and why."""
+    from mathfactory.tasks.own_files import read_rows
+    from mathfactory.tasks.storage import DataError
+
+    try:
+        rows, problems = read_rows(file, columns)
+    except DataError as e:
+        raise typer.BadParameter(str(e), param_hint="FILE") from None
+    _print_problems(problems)
+    return rows
+
+
+def _print_problems(problems: list[tuple[str, str]]) -> None:
+    for origin, why in problems:
+        out.print(f"[yellow]{origin}: {why}[/]", highlight=False)
+
+
+def _policy(policy: str, model: str | None, cache: str | None, seed: int):
+    from mathfactory.tasks.own_files import open_policy
+    from mathfactory.tasks.storage import DataError, RequestCache, user_cache
+
+    try:
+        return open_policy(policy, model, RequestCache(cache) if cache else user_cache("policy"), seed)
+    except (DataError, OSError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="--policy") from None
+
+
+def _served(call):
+    """call(), with a policy request that failed for good reported, not raised: the answers so far are cached."""
+    from mathfactory.tasks.engines.openai_engine import EngineHTTPError
+
+    try:
+        return call()
+    except EngineHTTPError as e:
+        out.print(f"[red]error:[/] {e}\nThe answers received so far are cached: rerun to go on from there.",
+                  highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _write(out_file: str, rows: list[dict]) -> None:
+    from mathfactory.tasks.storage import DataError, write_file_rows
+
+    try:
+        write_file_rows(out_file, rows)
+    except DataError as e:
+        raise typer.BadParameter(str(e), param_hint="--out") from None
+
+
+def _asked(engine) -> str:
+    return f"policy requests: {engine.usage.asked} sent, {engine.usage.cached} answered from {engine.cache.url}"
+
+
+@app.command()
+def sample(file: str, question: Question, gold: Gold, policy: Policy, out_file: OutFile,
+           n: Annotated[int, typer.Option(min=1, help="Completions per question.")] = 4, model: Model = None,
+           temperature: Temperature = 0.8, max_new_tokens: MaxNew = 320, seed: Seed = 0, cache: Cache = None,
+           timeout: Timeout = 5.0):
+    """Sample N completions of every question of a JSONL/Parquet file from a policy and grade them: the rows
+    with `row` (0-based input row), `sample_index`, `completion`, `correct`, `reason`; ready for `credit`."""
+    from mathfactory.tasks import own_files
+    from mathfactory.tasks.core.formatting import STOP
+    from mathfactory.tasks.engines.base import SamplingParams
+    from mathfactory.tasks.judge import Grading
+
+    rows = _own_rows(file, [question, gold])
+    engine = _policy(policy, model, cache, seed)
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, stop=STOP, seed=seed)
+    with Grading(timeout_s=timeout).judge() as judge:
+        results, problems = _served(lambda: own_files.sample(rows, question, gold, engine, params, judge))
+    _print_problems(problems)
+    _write(out_file, results)
+    solved = sum(r["correct"] for r in results)
+    out.print(f"wrote {len(results)} completions of {len(rows) - len(problems)} rows ({solved} correct) to {out_file}\n"
+              + _asked(engine), highlight=False)
+
+
+@app.command()
+def credit(file: str, question: Question, gold: Gold,
+           completion: Annotated[str, typer.Option(help="Column with the completion to credit.")],
+           policy: Policy, out_file: OutFile, model: Model = None,
+           strategy: Annotated[str, typer.Option(help="binary (OmegaPRM), scan (Self-Explore) or linear "
+                                                      "(Math-Shepherd): which steps of a wrong completion are "
+                                                      "continued.")] = "binary",
+           m: Annotated[int, typer.Option("--m", min=1, help="Continuations per step prefix (M).")] = 8,
+           k: Annotated[int, typer.Option("--k", min=1, help="Best-of-K Q (K <= M).")] = 1,
+           pit: Annotated[str, typer.Option(help="first_zero, or max_drop (needs --strategy linear).")] = "first_zero",
+           steps: Annotated[str, typer.Option(help="Step split: lines (GSM8K-style), math (LaTeX prose), or auto "
+                                                   "(math where a completion writes LaTeX).")] = "auto",
+           positives: Annotated[bool, typer.Option(help="Also credit the correct completions, every step "
+                                                        "(rft_advantage and chosen sides from the file need "
+                                                        "them).")] = True,
+           max_steps: Annotated[int, typer.Option(min=1, help="Completions with more steps are not credited.")] = 16,
+           temperature: Annotated[float, typer.Option(help="Continuation temperature (> 0).")] = 0.8,
+           max_new_tokens: MaxNew = 320, seed: Seed = 0, cache: Cache = None, timeout: Timeout = 5.0):
+    """Per-step Monte-Carlo credit of the completions of a JSONL/Parquet file: the StepCredit rows of every
+    credited completion, with `row` (0-based input row) and `steps` (the split used); rows that cannot be
+    credited are printed with file:line and why."""
+    from pydantic import ValidationError
+
+    from mathfactory.tasks import own_files
+    from mathfactory.tasks.credit import CreditConfig
+    from mathfactory.tasks.judge import Grading
+
+    if steps not in ("auto", "lines", "math"):
+        raise typer.BadParameter(f"must be auto, lines or math, got {steps!r}", param_hint="--steps")
+    try:
+        cfg = CreditConfig(strategy=strategy, m=m, k=k, pit=pit, positives=positives, max_steps=max_steps,
+                           temperature=temperature, max_new_tokens=max_new_tokens)
+    except ValidationError as e:
+        raise typer.BadParameter("; ".join(f"{'.'.join(map(str, x['loc'])) or 'options'}: {x['msg']}"
+                                           for x in e.errors())) from None
+    rows = _own_rows(file, [question, gold, completion])
+    engine = _policy(policy, model, cache, seed)
+    with Grading(timeout_s=timeout).judge() as judge:
+        results, problems = _served(lambda: own_files.credit(rows, question, gold, completion, steps, engine,
+                                                             judge, cfg, seed))
+    _print_problems(problems)
+    _write(out_file, results)
+    credited = {r["row"] for r in results}
+    pits = sum(r["is_pit"] for r in results)
+    out.print(f"wrote {len(results)} step rows of {len(credited)} credited completions ({pits} pits) to {out_file};"
+              f" {len(problems)} rows not credited\n" + _asked(engine), highlight=False)
+
+
+@app.command()
+def pairs(credit: Annotated[str, typer.Argument(help="A file `mathfactory credit` wrote.")],
+          kind: Annotated[str, typer.Option(help="step_cut | step_prefix | outcome | edit (DPO pairs), rft | "
+                                                 "rft_advantage (SFT rows), stepwise (PRM labels).")],
+          out_file: OutFile,
+          reference: Annotated[str | None, typer.Option(help="Column with a reference solution of the question, "
+                                                              "for chosen sides.")] = None,
+          chosen: Annotated[str | None, typer.Option(help="Chosen sides from: policy (the file's correct "
+                                                          "completions), reference, both (default: reference "
+                                                          "with --reference, else policy).")] = None,
+          seed: Seed = 0):
+    """A training set from a credit file, in TRL's columns (prompt/chosen/rejected, prompt/completion or
+    prompt/completions/labels), built as the pipeline builds its sets; prints what was left out and why."""
+    from mathfactory.tasks.own_pairs import KINDS, as_rows, build_set, read_credit
+    from mathfactory.tasks.pairs import PairsConfig
+    from mathfactory.tasks.storage import DataError
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"must be one of {', '.join(KINDS)}, got {kind!r}", param_hint="--kind")
+    chosen = chosen or ("reference" if reference else "policy")
+    if chosen not in ("policy", "reference", "both"):
+        raise typer.BadParameter(f"must be policy, reference or both, got {chosen!r}", param_hint="--chosen")
+    try:
+        rows, problems = read_credit(credit)
+    except DataError as e:
+        raise typer.BadParameter(str(e), param_hint="CREDIT") from None
+    _print_problems(problems)
+    built = build_set(rows, kind, PairsConfig(chosen=chosen), reference, seed)
+    if built.skipped:
+        table = Table("left out", "rollouts")
+        for reason, count in built.skipped.most_common():
+            table.add_row(reason, str(count))
+        out.print(table)
+    _write(out_file, as_rows(built))
+    out.print(f"wrote {len(built.rows)} {kind} rows to {out_file}", highlight=False)
+
+
 @app.command()
 def deploy(gpus: Annotated[int, typer.Option(min=0, help="GPUs in the cluster: slots of the `gpu` tag limit.")] = 1,
            checkout: Annotated[str | None, typer.Option(envvar="MATHFACTORY_CHECKOUT",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,7 +22,8 @@ from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, Verdict
 from mathfactory.tasks.core.steps import split_steps, style_for
 from mathfactory.tasks.core.strategies import Continuation
 from mathfactory.tasks.engines import EngineOptions, TransformersOptions, load_engine, local_model
-from mathfactory.tasks.engines.base import SamplingParams
+from mathfactory.tasks.engines.base import Engine, SamplingParams
+from mathfactory.tasks.judge import Judge
 from mathfactory.tasks.policy import POLICY, policy_dir
 from mathfactory.tasks.problems import PROBLEMS
 from mathfactory.tasks.sample import ROLLOUTS
@@ -105,43 +107,62 @@ def step_credit(cfg: CreditConfig, run: Run, shard: int, meter: Meter) -> list[S
         else:
             (right if t.correct else wrong).append(t)
     engine = load_engine(cfg.engine, local_model(cfg.engine, lambda: policy_dir(run)), run.seed)
-    steps_of = {t.rollout_id: t.steps for t in wrong + right}
-    rounds = 0
-    bar = tqdm(desc=f"credit shard {shard}", unit="continuation", disable=None)
-
+    solutions = {r.rollout_id: Solution(r.prompt, r.completion, problems[r.problem_id].answer) for r in rollouts}
     with run.grading.judge() as judge:
-        def sample(requests: list[tuple[Hashable, int, int]]) -> list[list[Continuation]]:
-            """One labelling round: every requested prefix continued k times, grouped by k into engine calls."""
-            nonlocal rounds
-            rounds += 1
-            out: list[list[Continuation] | None] = [None] * len(requests)
-            by_k: dict[int, list[int]] = defaultdict(list)
-            for j, (_, _, k) in enumerate(requests):
-                by_k[k].append(j)
-            for k, js in sorted(by_k.items()):
-                # A fresh seed per round, or a prefix probed twice would get the same continuations twice.
-                params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                        max_new_tokens=cfg.max_new_tokens, stop=formatting.STOP,
-                                        seed=run.seed_for(shard, rounds, k))
-                asked = [(by_id[requests[j][0]], requests[j][1]) for j in js]  # (rollout, step index)
-                prefixes = [r.completion[: steps_of[r.rollout_id][i - 1].end] for r, i in asked]
-                outs = engine.generate([r.prompt + prefix for (r, _), prefix in zip(asked, prefixes, strict=True)],
-                                       params)
-                gold = [problems[r.problem_id].answer for r, _ in asked]
-                grades = iter(judge.grade_many((g, prefix + c.text) for g, prefix, cs in zip(gold, prefixes, outs,
-                                                                                             strict=True) for c in cs))
-                for j, cs in zip(js, outs, strict=True):
-                    out[j] = [Continuation(next(grades).correct, c.text) for c in cs]
-                    meter.add(tokens=sum(c.n_tokens for c in cs))
-                bar.update(k * len(js))
-            return out
-
-        kw = dict(m=cfg.m, k=cfg.k, round_size=cfg.round_size, max_steps=cfg.max_steps)
-        rows = mc.credit(wrong, sample, strategy=cfg.strategy, pit=cfg.pit, **kw)[0]
-        rows += mc.credit(right, sample, strategy="linear", **kw)[0]
-    bar.close()
-    meter.add(rounds=rounds)
+        rows, counts = monte_carlo(cfg, engine, judge, wrong, right, solutions,
+                                   lambda *round_k: run.seed_for(shard, *round_k), f"credit shard {shard}")
+    meter.add(**counts)
     return rows
+
+
+@dataclass(frozen=True)
+class Solution:
+    """What continuing a rollout's prefixes needs: its prompt and completion, and the gold answer to grade by."""
+
+    prompt: str
+    completion: str
+    gold: str
+
+
+def monte_carlo(cfg: CreditConfig, engine: Engine, judge: Judge, wrong: list[mc.Target], right: list[mc.Target],
+                solutions: Mapping[str, Solution], seed: Callable[[int, int], int],
+                desc: str = "credit") -> tuple[list[StepCredit], dict[str, int]]:
+    """StepCredit rows of the wrong targets (by cfg.strategy) and of the right ones (linear), and what it took
+    (tokens, rounds). Continuations are drawn from `engine`, graded by `judge` against the solution's gold;
+    round r's k-continuation requests are seeded `seed(r, k)`."""
+    steps_of = {t.rollout_id: t.steps for t in [*wrong, *right]}
+    rounds = tokens = 0
+    bar = tqdm(desc=desc, unit="continuation", disable=None)
+
+    def sample(requests: list[tuple[Hashable, int, int]]) -> list[list[Continuation]]:
+        """One labelling round: every requested prefix continued k times, grouped by k into engine calls."""
+        nonlocal rounds, tokens
+        rounds += 1
+        out: list[list[Continuation] | None] = [None] * len(requests)
+        by_k: dict[int, list[int]] = defaultdict(list)
+        for j, (_, _, k) in enumerate(requests):
+            by_k[k].append(j)
+        for k, js in sorted(by_k.items()):
+            # A fresh seed per round, or a prefix probed twice would get the same continuations twice.
+            params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                    max_new_tokens=cfg.max_new_tokens, stop=formatting.STOP, seed=seed(rounds, k))
+            asked = [(solutions[requests[j][0]], steps_of[requests[j][0]], requests[j][1]) for j in js]
+            prefixes = [s.completion[: steps[i - 1].end] for s, steps, i in asked]
+            outs = engine.generate([s.prompt + prefix for (s, _, _), prefix in zip(asked, prefixes, strict=True)],
+                                   params)
+            grades = iter(judge.grade_many((s.gold, prefix + c.text) for (s, _, _), prefix, cs
+                                           in zip(asked, prefixes, outs, strict=True) for c in cs))
+            for j, cs in zip(js, outs, strict=True):
+                out[j] = [Continuation(next(grades).correct, c.text) for c in cs]
+                tokens += sum(c.n_tokens for c in cs)
+            bar.update(k * len(js))
+        return out
+
+    kw = dict(m=cfg.m, k=cfg.k, round_size=cfg.round_size, max_steps=cfg.max_steps)
+    rows = mc.credit(wrong, sample, strategy=cfg.strategy, pit=cfg.pit, **kw)[0]
+    rows += mc.credit(right, sample, strategy="linear", **kw)[0]
+    bar.close()
+    return rows, {"tokens": tokens, "rounds": rounds}
 
 
 def _summarize(cfg: CreditConfig, run: Run, shards: list[dict]) -> dict:

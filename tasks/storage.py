@@ -463,6 +463,26 @@ def hf_features(cls: type) -> list[dict[str, str]]:
     return features
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("MATHFACTORY_CACHE", Path.home() / ".cache" / "mathfactory"))
+
+
+def user_cache(name: str) -> RequestCache:
+    """The request cache `name` of commands run outside a lake: `$MATHFACTORY_CACHE/requests/{name}` (default
+    ~/.cache/mathfactory), shared by every run on the machine as a lake's `cache/` is by its runs."""
+    return RequestCache(str(_cache_root() / "requests" / name))
+
+
+def dir_version(path: Path) -> str:
+    """A digest of a local directory's file names, sizes and modification times: it changes when a model saved
+    there is replaced, so answers cached for the old one are not taken for the new one's."""
+    h = hashlib.blake2b(digest_size=8)
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def fetch_dir(url: str, **storage_options: Any) -> Path:
     """A local copy of a directory at any fsspec URL (a local path is returned as is), downloaded once."""
     fs, path = _url_to_fs(url, **storage_options)
@@ -470,7 +490,7 @@ def fetch_dir(url: str, **storage_options: Any) -> Path:
         if not Path(path).is_dir():
             raise DataError(f"{url}: no such directory")
         return Path(path)
-    cache = Path(os.environ.get("MATHFACTORY_CACHE", Path.home() / ".cache" / "mathfactory"))
+    cache = _cache_root()
     dest = cache / hashlib.sha1(fs.unstrip_protocol(path).encode()).hexdigest()[:16]
     if not (dest / ".complete").exists():
         if not fs.isdir(path):
@@ -569,7 +589,10 @@ def write_file_rows(url: str, rows: Iterable[dict], **storage_options: Any) -> i
     rows = list(rows)
     fs, path = _url_to_fs(url, **storage_options)
     if path.endswith(".parquet"):
-        table = pa.Table.from_pylist(rows)
+        try:
+            table = pa.Table.from_pylist(rows)
+        except pa.ArrowException as e:  # a column whose values change type from row to row
+            raise DataError(f"{url}: cannot write Parquet ({e}); a .jsonl output takes mixed types") from None
         _atomic_write(fs, path, lambda f: pq.write_table(table, f))
     else:
         data = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode()

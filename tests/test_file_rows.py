@@ -70,3 +70,11 @@ def test_missing_file_raises_naming_the_path(tmp_path, name):
         list(iter_file_rows(url))
     with pytest.raises(DataError, match="memory://nowhere/x.jsonl"):
         list(iter_file_rows("memory://nowhere/x.jsonl"))
+
+
+def test_parquet_of_a_column_that_changes_type_is_refused_naming_the_file(tmp_path):
+    url = str(tmp_path / "mixed.parquet")
+    with pytest.raises(DataError, match=f"^{re.escape(url)}: cannot write Parquet .*a .jsonl output takes mixed"):
+        write_file_rows(url, [{"id": 1}, {"id": "b"}])
+    assert not (tmp_path / "mixed.parquet").exists()
+    assert write_file_rows(str(tmp_path / "mixed.jsonl"), [{"id": 1}, {"id": "b"}]) == 2

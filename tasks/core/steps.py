@@ -41,6 +41,16 @@ def style_for(style: str, source: str) -> str:
     return style if style != "auto" else "math" if source in LATEX_SOURCES else "lines"
 
 
+# A LaTeX command or display math; `$` alone is no sign, GSM8K writes dollars with it.
+_LATEX = re.compile(r"\\[a-zA-Z]+|\\[\[(]")
+
+
+def style_of_text(text: str) -> str:
+    """The split for a solution whose source is unknown (a user's file): math where it writes LaTeX and no GSM8K
+    `####` answer line, else lines."""
+    return "math" if _LATEX.search(text) and "####" not in text else "lines"
+
+
 def split_steps(
     completion: str, style: str = "lines", *, min_chars: int = MATH_MIN_CHARS, max_steps: int = MATH_MAX_STEPS
 ) -> list[Step]:

@@ -27,9 +27,16 @@ class EngineHTTPError(RuntimeError):
     """A request that failed for good; the message names the URL and the status, `reason` says why in a few
     words without the URL ("HTTP 500: ...", "timeout (ReadTimeout)", "unreadable response: ...")."""
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason or message
+        self.status = status  # the HTTP status of a refused request, None for other failures
+
+    @property
+    def bad_request(self) -> bool:
+        """The server refused this request's content (a prompt too long for its context, say), not the client:
+        the same request fails again, while others may succeed."""
+        return self.status in (400, 413, 422)
 
 
 @dataclass(frozen=True)
@@ -236,7 +243,7 @@ class OpenAIEngine:
                     return self._completions(response, body, params)
                 failure = reason = f"HTTP {response.status_code}: {_snippet(response)}"
                 if response.status_code != 429 and response.status_code < 500:
-                    raise EngineHTTPError(f"POST {self.url} -> {failure}", failure)
+                    raise EngineHTTPError(f"POST {self.url} -> {failure}", failure, response.status_code)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             if attempt == self.max_retries:
                 break

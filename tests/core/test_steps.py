@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from mathfactory.tasks.core.steps import Step, split_steps
+from mathfactory.tasks.core.steps import Step, split_steps, style_of_text
 
 TOY = "Tara gives away 1, so 3-1=<<3-1=2>>2 cards.\nTara gives away 1, so 2-1=<<2-1=1>>1 cards.\n#### 1\n"
 
@@ -171,6 +171,16 @@ def test_math500_solutions(shared_data):
         True,
         False,
     ]
+
+
+def test_style_of_text_tells_gsm8k_from_math500(shared_data):
+    """A user's file has no source: its split is read off the text. GSM8K writes dollars with `$`, never LaTeX."""
+    with open(shared_data / "gsm8k" / "test.jsonl") as f:
+        assert {style_of_text(json.loads(line)["answer"]) for line in f} == {"lines"}
+    with open(shared_data / "math500" / "test.jsonl") as f:
+        assert {style_of_text(json.loads(line)["solution"]) for line in f} == {"math"}
+    assert style_of_text("So $x = 3$ and the answer is \\boxed{3}.") == "math"
+    assert style_of_text("She pays $5 + $3 = $<<5+3=8>>8.\n#### 8") == "lines"
 
 
 def test_unknown_style():
