@@ -1,4 +1,8 @@
-"""The `mathfactory` command: run the pipeline, list and show what is in the lake, grade your own outputs."""
+"""The `mathfactory` command: run the pipeline, list and show what is in the lake, grade your own outputs.
+
+Each command imports what it needs in its body: importing this module (and `mathfactory --help`) must not pull in
+prefect, torch or Ray, so a command that only grades starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mathfactory.flows.backfill import DEPLOYMENT
-from mathfactory.flows.config import ConfigError, load_preset
-from mathfactory.flows.report import print_tables
-from mathfactory.tasks.core.records import RECORDS
-from mathfactory.tasks.storage import DataError, Lake
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console(soft_wrap=True)  # paths and file:line messages stay whole, greppable
 
@@ -26,6 +24,8 @@ Sets = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override, e
 
 
 def _config(preset: str, lake: str | None, sets: list[str] | None):
+    from mathfactory.flows.config import ConfigError, load_preset
+
     try:
         overrides = list(sets or []) + ([f"lake={lake}"] if lake else [])
         return load_preset(preset, overrides)
@@ -37,7 +37,10 @@ def _config(preset: str, lake: str | None, sets: list[str] | None):
 def run(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None,
         date: Annotated[str | None, typer.Option(help="Run for a date (YYYY-MM-DD): dated run id and seed.")] = None):
     """Run the pipeline; stages already finished for this config are skipped."""
+    from mathfactory.flows.config import ConfigError
     from mathfactory.flows.pipeline import pipeline
+    from mathfactory.flows.report import print_tables
+    from mathfactory.tasks.storage import Lake
 
     cfg = _config(preset, lake, sets)
     try:
@@ -55,6 +58,7 @@ def run(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None,
 def experiment(preset: Annotated[str, typer.Option("--preset", "-p", help="Experiment preset or a YAML file.")]
                = "toy-sweep", lake: LakeOpt = None, sets: Sets = None):
     """Run a scaling experiment (cells already finished are skipped) and write its HTML report to the lake."""
+    from mathfactory.flows.config import ConfigError
     from mathfactory.flows.experiment import experiment as sweep
     from mathfactory.flows.experiment import load_experiment
 
@@ -90,6 +94,8 @@ def config(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None):
 @app.command("ls")
 def ls(lake: Annotated[str, typer.Option(help="Lake path or fsspec URL.")] = "./lake"):
     """Runs in the lake, with each finished stage's row count."""
+    from mathfactory.tasks.storage import Lake
+
     lk = Lake(lake)
     table = Table("run", "stages (rows)")
     for run_id in lk.runs():
@@ -104,6 +110,9 @@ def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake p
          n: Annotated[int, typer.Option("-n", help="Rows to print.")] = 3,
          quarantine: Annotated[bool, typer.Option(help="The rows the stage refused, with why.")] = False):
     """A few rows of a stage (or of its quarantine), and its counts."""
+    from mathfactory.tasks.core.records import RECORDS
+    from mathfactory.tasks.storage import Lake
+
     lk = Lake(lake)
     marker = lk.marker(run_id, stage)
     if marker is None:
@@ -123,7 +132,7 @@ def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake p
                 out.print(f"[bold]{field}[/]: {value}", highlight=False)
 
 
-def _show_credit(lk: Lake, run_id: str, n: int) -> None:
+def _show_credit(lk, run_id: str, n: int) -> None:
     """n credited rollouts, those with a pit first: steps with Q and advantage, the pit marked."""
     from mathfactory.flows.report import credit_examples
 
@@ -139,8 +148,8 @@ def verify(file: str, gold: Annotated[str, typer.Option(help="Column with the re
            timeout: Annotated[float, typer.Option(help="Seconds per LaTeX comparison.")] = 5.0):
     """Grade any JSONL/Parquet of predictions against references; prints counts by reason."""
     from mathfactory.tasks.judge import Grading
-    from mathfactory.tasks.storage import write_file_rows
-    from mathfactory.tasks.verify import grade_file
+    from mathfactory.tasks.storage import DataError, write_file_rows
+    from mathfactory.tasks.verify_file import grade_file
 
     results = []
     try:
@@ -379,7 +388,8 @@ def worker(ctx: typer.Context, pool: Annotated[str, typer.Option(help="Work pool
 def backfill(start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")],
              end: Annotated[str, typer.Option(help="Last date, YYYY-MM-DD (included).")],
              preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None,
-             deployment: Annotated[str, typer.Option(help="FLOW/DEPLOYMENT to run.")] = DEPLOYMENT,
+             deployment: Annotated[str | None, typer.Option(help="FLOW/DEPLOYMENT to run (default: the pipeline's "
+                                                                   "deployment, mathfactory-pipeline/pipeline).")] = None,
              wait: Annotated[bool, typer.Option(help="Show each date's state until all finish.")] = True,
              local: Annotated[bool, typer.Option(help="Run the dates here, one after another, no server.")] = False):
     """One pipeline run per date (dated run ids and seeds); rerunning a finished backfill creates nothing new."""
@@ -388,7 +398,7 @@ def backfill(start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")]
 
     cfg = _config(preset, lake, sets)
     try:
-        rows = bf.backfill(cfg, start, end, deployment, wait=wait, local=local, console=out)
+        rows = bf.backfill(cfg, start, end, deployment or bf.DEPLOYMENT, wait=wait, local=local, console=out)
     except bf.ArgumentError as e:
         raise typer.BadParameter(str(e), param_hint=e.param) from None
     except DeployError as e:
@@ -405,7 +415,7 @@ def nightly(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None,
             train: Annotated[bool, typer.Option(help="Also train train.methods and evaluate (too-small sets and "
                                                      "a missing test split are skipped).")] = False):
     """Run the nightly refresh here: seed files new since the last good night -> a dated run of the data stages."""
-    from mathfactory.flows.config import check_date
+    from mathfactory.flows.config import ConfigError, check_date
     from mathfactory.flows.nightly import nightly as refresh
     from mathfactory.flows.nightly import require_policy
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -548,6 +549,21 @@ def _to_table(rows: list[Any], names: list[str], schema: pa.Schema) -> pa.Table:
 # -- user files (JSONL / Parquet) --------------------------------------------------------------------------
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _loads(raw: bytes) -> Any:
+    """One JSON line, exactly as json reads it. orjson is ~3x faster but reads an integer past 64 bits as a float
+    (a gold answer must not change), so such lines, and those it refuses (NaN; json says better what is wrong),
+    go to json."""
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw.decode("utf-8"))
+
+
 def iter_file_rows(url: str, **storage_options: Any) -> Iterator[tuple[str, dict | None, str | None]]:
     """Rows of a user's JSONL or Parquet file as (origin "file:line", row or None, error or None).
 
@@ -571,7 +587,7 @@ def iter_file_rows(url: str, **storage_options: Any) -> Iterator[tuple[str, dict
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8"))
+                row = _loads(raw)
             except UnicodeDecodeError as e:
                 yield origin, None, f"not UTF-8 ({e.reason} at byte {e.start})"
                 continue

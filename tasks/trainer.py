@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from mathfactory.tasks.core.cores import cgroup_cpus, threads_per_job
 from mathfactory.tasks.core.skips import too_few_rows
+from mathfactory.tasks.models.loading import from_pretrained
 
 METRICS = "metrics.json"
 # How many jobs (flow runs) this machine runs at once, e.g. a process worker's --limit (`mathfactory worker
@@ -166,8 +167,8 @@ def train(spec: TrainJob) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer, SFTConfig
 
     check_model_dir(spec.init)
-    model = AutoModelForCausalLM.from_pretrained(spec.init)
-    tokenizer = AutoTokenizer.from_pretrained(spec.init)
+    model = from_pretrained(AutoModelForCausalLM, spec.init)
+    tokenizer = from_pretrained(AutoTokenizer, spec.init)
     datasets.disable_progress_bars()
     data = datasets.Dataset.from_list(rows)
     if spec.trainer == "sft":

@@ -1,10 +1,9 @@
-"""Stage `verdicts`: Rollout + the problem's gold answer -> Verdict with a reason, shard by shard; and the same
-grading for any user file of model outputs (`mathfactory verify`)."""
+"""Stage `verdicts`: Rollout + the problem's gold answer -> Verdict with a reason, shard by shard. The same grading
+for any user file of model outputs (`mathfactory verify`) is tasks/verify_file.py, which imports no prefect."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from pydantic import Field
 from tqdm.auto import tqdm
@@ -15,7 +14,7 @@ from mathfactory.tasks.judge import Grading
 from mathfactory.tasks.problems import PROBLEMS
 from mathfactory.tasks.sample import ROLLOUTS
 from mathfactory.tasks.stage import Meter, Run, StageSpec
-from mathfactory.tasks.storage import iter_file_rows
+from mathfactory.tasks.verify_file import grade_file as grade_file  # where callers found it before
 
 
 class VerifyConfig(Grading):
@@ -48,22 +47,3 @@ VERDICTS = StageSpec("verdicts", Verdict, VerifyConfig, verdicts, reads=(PROBLEM
                      summarize=_summarize, retries=2, needs="cpu")
 SPECS = {VERDICTS.name: VERDICTS}
 
-
-def grade_file(file: str, gold: str, pred: str, grading: Grading) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-    """Every row of a user's JSONL/Parquet file with `correct`, `reason` and `predicted` added, as (origin, row,
-    problem): a row that cannot be graded (bad line, no usable column) gets reason `unparseable` and its problem."""
-    graded, pairs = [], []
-    for origin, row, error in iter_file_rows(file):
-        if error is None and (missing := [c for c in (gold, pred) if not isinstance(row.get(c), str | int | float)]):
-            error = f"no usable {' or '.join(missing)} column"
-        graded.append((origin, row, error))
-        if error is None:
-            pairs.append((str(row[gold]), str(row[pred])))
-    with grading.judge() as judge:
-        grades = iter(judge.grade_many(pairs))
-    for origin, row, error in graded:
-        if error is not None:
-            yield origin, {**(row or {}), "correct": False, "reason": "unparseable", "predicted": None}, error
-        else:
-            g = next(grades)
-            yield origin, {**row, "correct": g.correct, "reason": g.reason, "predicted": g.predicted}, None

@@ -1,6 +1,7 @@
 """iter_file_rows / write_file_rows: a user's JSONL or Parquet file -> (origin, row, error), bad lines named."""
 
 import json
+import math
 import re
 
 import pytest
@@ -32,6 +33,15 @@ def test_jsonl_bad_lines_are_named_and_reading_goes_on(tmp_path):
     assert errors[2].startswith("not UTF-8") and "byte 17" in errors[2]
     assert errors[3] == "expected a JSON object, got list"
     assert errors[4] == "expected a JSON object, got str"
+
+
+def test_what_json_accepts_is_read_as_json_reads_it(tmp_path):
+    path = tmp_path / "edge.jsonl"  # the fast reader (orjson) refuses these; the rows must still be read
+    path.write_text('{"a": NaN, "b": -Infinity}\n{"big": 123456789012345678901234567890}\n{"s": "\\ud83d"}\n')
+    (_, nan, error), (_, big, _), (_, surrogate, _) = iter_file_rows(str(path))
+    assert error is None and math.isnan(nan["a"]) and nan["b"] == -math.inf
+    assert big == {"big": 123456789012345678901234567890}
+    assert surrogate == {"s": "\ud83d"}
 
 
 def test_last_line_without_newline_is_read(tmp_path):

@@ -11,7 +11,8 @@ from mathfactory.tasks.domains import toy
 from mathfactory.tasks.problems import PROBLEMS
 from mathfactory.tasks.sample import ROLLOUTS
 from mathfactory.tasks.stage import Run, build, write_shard
-from mathfactory.tasks.verify import VERDICTS, VerifyConfig, grade_file
+from mathfactory.tasks.verify import VERDICTS, VerifyConfig
+from mathfactory.tasks.verify_file import grade_file
 
 PROBLEMS_ = toy.generate(4, "train", 1) + toy.generate(2, "test", 1)
 COMPLETIONS = {  # what each rollout says, and the reason it must get

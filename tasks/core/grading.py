@@ -76,6 +76,8 @@ def _boxed(text: str) -> str | None:
 def _clean(answer: str) -> str:
     """Strip what surrounds an answer: whitespace, markdown bold, math delimiters, a closing period."""
     s = answer.strip().strip("*").strip()
+    if not s.startswith(("$", "\\")):
+        return s.rstrip(".,;:").rstrip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if len(s) > len(left) + len(right) and s.startswith(left) and s.endswith(right):
             s = s[len(left) : -len(right)].strip()
@@ -192,6 +194,8 @@ def _nesting(s: str) -> int:
 
 def grade_numeric(gold: str, predicted: str) -> bool | None:
     """Whether two plain numbers are equal; None when either is not a plain number (the LaTeX path decides)."""
+    if gold.isascii() and gold.isdigit() and predicted.isascii() and predicted.isdigit() and len(predicted) < 4000:
+        return int(gold) == int(predicted)  # the usual GSM8K case, without building Fractions
     g = parse_number(gold)
     if g is None:
         return None
@@ -225,6 +229,8 @@ def parse_path(answer: str) -> tuple[str, ...] | None:
 def is_path_answer(gold: str) -> bool:
     """A gold answer that is a path: three nodes or more, as every star-graph path has (arms of >= 2 nodes), so a
     lone number stays a number and a numeric inequality like `3>2` still goes to the judge."""
+    if ">" not in gold:
+        return False
     nodes = parse_path(gold)
     return nodes is not None and len(nodes) >= 3
 
@@ -238,20 +244,25 @@ def grade_path(gold: str, predicted: str) -> tuple[bool, str]:
     return (True, "correct") if nodes == parse_path(gold) else (False, "wrong")
 
 
-def grade_fast(gold: str, completion: str, max_answer_chars: int = MAX_ANSWER_CHARS) -> Grade | None:
-    """The full Grade when no LaTeX judge is needed (no answer, oversized answer, a path gold, both plain numbers),
-    else None."""
-    calc_errors = check_annotations(completion)[1]
+def grade_answer(gold: str, completion: str, max_answer_chars: int = MAX_ANSWER_CHARS) -> tuple[bool, str, str | None] | None:
+    """(correct, reason, predicted) when no LaTeX judge is needed (no answer, oversized answer, a path gold, both
+    plain numbers), else None. No calculator check: a caller that reports only the verdict skips its cost."""
     predicted = extract_answer(completion)
     if predicted is None:
-        return Grade(False, "no_answer", None, calc_errors)
+        return False, "no_answer", None
     if len(predicted) > max_answer_chars or len(gold) > max_answer_chars or not gold.strip():
-        return Grade(False, "unparseable", predicted[:max_answer_chars], calc_errors)
+        return False, "unparseable", predicted[:max_answer_chars]
     if is_path_answer(gold):
-        return Grade(*grade_path(gold, predicted), predicted, calc_errors)
+        return (*grade_path(gold, predicted), predicted)
     same = grade_numeric(gold, predicted)
     if same is None:
         if _nesting(predicted) > MAX_NESTING or _nesting(gold) > MAX_NESTING:
-            return Grade(False, "unparseable", predicted, calc_errors)
+            return False, "unparseable", predicted
         return None
-    return Grade(same, "correct" if same else "wrong", predicted, calc_errors)
+    return same, "correct" if same else "wrong", predicted
+
+
+def grade_fast(gold: str, completion: str, max_answer_chars: int = MAX_ANSWER_CHARS) -> Grade | None:
+    """The full Grade, calculator errors included, when no LaTeX judge is needed, else None."""
+    fast = grade_answer(gold, completion, max_answer_chars)
+    return None if fast is None else Grade(*fast, check_annotations(completion)[1])

@@ -21,6 +21,7 @@ from mathfactory.tasks.engines.kv_cache import (
     new_cache,
     row_groups,
 )
+from mathfactory.tasks.models.loading import from_pretrained
 
 # Once this share of a batch has finished, its rows are dropped: the copy costs about one decode step.
 COMPACT_FRACTION = 1 / 8
@@ -124,8 +125,8 @@ class TransformersEngine:
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        self.tokenizer = from_pretrained(AutoTokenizer, model_dir)
+        self.model = from_pretrained(AutoModelForCausalLM, model_dir, dtype=getattr(torch, dtype))
         self.model.to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -160,7 +161,7 @@ class TransformersEngine:
         rows = [_Row(i, encoded[i // per_prompt], key) for i, key in enumerate(keys)]
         rows.sort(key=lambda r: -len(r.prompt_ids))  # similar lengths share a batch: less padding
         out: list[Completion | None] = [None] * len(rows)
-        threads = torch.get_num_threads()
+        threads = torch.get_num_threads()  # per thread (OpenMP): shards in threads each set their own
         torch.set_num_threads(self.num_threads or threads)
         try:
             for start in range(0, len(rows), self.batch_size):

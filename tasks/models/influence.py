@@ -15,6 +15,8 @@ import torch
 from torch.func import functional_call, grad, vmap
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from mathfactory.tasks.models.loading import from_pretrained
+
 
 def encode(tokenizer: PreTrainedTokenizerBase, row: dict, max_length: int) -> tuple[list[int], int]:
     """(token ids, number of leading prompt tokens): the sequence TRL's SFT trains on, cut to `max_length`.
@@ -72,9 +74,9 @@ def gradient_features(
 
 def _features(model_dir: str | Path, rows: Sequence[dict], dim: int, seed: int, max_length: int,
               batch_size: int) -> np.ndarray:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = from_pretrained(AutoTokenizer, model_dir)
     # Eager attention: SDPA has no vmap batching rule on CPU (torch falls back to a slow loop, with a warning).
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    model = from_pretrained(AutoModelForCausalLM, model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
     sizes = [p.numel() for p in params.values()]

@@ -14,13 +14,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mathfactory.tasks.models.influence import encode
+from mathfactory.tasks.models.loading import from_pretrained
 
 
 @torch.no_grad()
 def completion_nll(model_dir: str | Path, rows: Sequence[dict], max_length: int = 512) -> list[float]:
     """Per row: mean NLL (nats) of the completion's tokens (EOS included) given the prompt, as SFT scores it."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = from_pretrained(AutoModelForCausalLM, model_dir).eval()
+    tokenizer = from_pretrained(AutoTokenizer, model_dir)
     out = []
     for row in rows:
         ids, n_prompt = encode(tokenizer, row, max_length)

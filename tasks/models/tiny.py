@@ -20,6 +20,8 @@ from transformers import (
 )
 from trl import SFTTrainer
 
+from mathfactory.tasks.models.loading import from_pretrained
+
 if TYPE_CHECKING:
     from mathfactory.tasks.models.config import TinyConfig
 
@@ -75,7 +77,7 @@ def init_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyConfig) -> LlamaForC
 
 def load(path: str | Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """A saved tiny model and its tokenizer, to continue training (a base that pi_sft is fine-tuned from)."""
-    return LlamaForCausalLM.from_pretrained(path), PreTrainedTokenizerFast.from_pretrained(path)
+    return from_pretrained(LlamaForCausalLM, path), from_pretrained(PreTrainedTokenizerFast, path)
 
 
 class LengthBatches(torch.utils.data.Sampler):

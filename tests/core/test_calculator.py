@@ -82,6 +82,7 @@ def test_evaluate_refuses(expr):
         ("<<2/3=.67>> <<2/3=0.666667>>", 2, 0),  # a decimal result correctly rounded is right
         ("<<2/3=.66>>", 1, 1),  # truncated, not rounded
         ("<<7/2=3>>", 1, 1),  # an integer result must be exact
+        ("<<12 / 4 = 3>> <<12/4=4>> <<5/0=0>>", 2, 1),  # division by zero: not arithmetic, not checked
         ("<<10-12=-2>>", 1, 0),
         ("<<x*2=4>> <<5*=3>> <<2+2=four>>", 0, 0),  # not arithmetic: not checked, not counted wrong
         ("<<__import__('os')=0>>", 0, 0),

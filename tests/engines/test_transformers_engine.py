@@ -1,3 +1,6 @@
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
@@ -237,3 +240,26 @@ def test_shared_prefill_samples_equal_hf_generate_token_for_token(engine, hf_gre
     nucleus = SamplingParams(n=4, temperature=1.0, top_p=1e-6, max_new_tokens=GREEDY.max_new_tokens, seed=2)
     for prompt, completions in zip(prompts, engine.generate(prompts, nucleus), strict=True):
         assert {(c.text, c.n_tokens) for c in completions} == {hf_greedy(prompt, GREEDY.max_new_tokens)}
+
+
+def test_shards_in_threads_load_and_generate_at_once(tiny_model, ends_with_eos):
+    """The local runner's shard threads: engines loaded and generating at the same time (transformers' loading is
+    not thread-safe: unguarded, this crashed with "Cannot copy out of meta tensor"), each getting what it gets
+    alone; torch's thread setting is per thread, so the caller's is untouched."""
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, stop=formatting.STOP, seed=3)
+    alone = TransformersEngine(tiny_model.path).generate(ends_with_eos, params)
+    start = threading.Barrier(4)
+
+    def shard(_: int) -> list:
+        start.wait()
+        return TransformersEngine(tiny_model.path, num_threads=1).generate(ends_with_eos, params)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what the engines change while they run
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(shard, range(4))) == [alone] * 4
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+

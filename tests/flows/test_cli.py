@@ -1,6 +1,8 @@
 """`mathfactory` commands that need no flow run: grading a user's file, config resolution, bad arguments."""
 
 import json
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
@@ -35,6 +37,24 @@ def test_verify_grades_a_users_jsonl_one_row_per_input_row(tmp_path):
 def test_verify_missing_file_is_one_clear_line(tmp_path):
     result = cli.invoke(app, ["verify", str(tmp_path / "nope.jsonl"), "--gold", "a", "--pred", "b"])
     assert result.exit_code == 2 and "nope.jsonl: no such file" in result.output
+
+
+HEAVY = ("torch", "prefect", "ray", "transformers", "math_verify")
+LOADED = f"import sys; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+
+
+def test_the_cli_and_a_verify_run_import_no_heavy_library(tmp_path):
+    """`mathfactory verify` starts in a fraction of a second only while nothing on its path imports these (math-verify
+    runs in the judge's worker processes): a top-level import in flows/cli.py would undo it silently."""
+    src = tmp_path / "preds.jsonl"
+    src.write_text(json.dumps({"gold": "2", "out": "#### 2"}) + "\n" + json.dumps({"gold": "x^2", "out": "$x^2$"}))
+    imported = subprocess.run([sys.executable, "-c", f"import mathfactory.flows.cli; {LOADED}"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert imported == []
+    run = ("from typer.testing import CliRunner; from mathfactory.flows.cli import app; "
+           f"r = CliRunner().invoke(app, ['verify', {str(src)!r}, '--gold', 'gold', '--pred', 'out']); "
+           f"assert r.exit_code == 0 and 'correct' in r.output, r.output; {LOADED}")
+    assert subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, check=True).stdout.split() == []
 
 
 def test_config_prints_the_resolved_config_and_run_id():
