@@ -321,6 +321,9 @@ def pairs(credit: Annotated[str, typer.Argument(help="A file `mathfactory credit
           chosen: Annotated[str | None, typer.Option(help="Chosen sides from: policy (the file's correct "
                                                           "completions), reference, both (default: reference "
                                                           "with --reference, else policy).")] = None,
+          pit: Annotated[str | None, typer.Option(help="Re-choose each wrong rollout's pit: first_zero | max_drop "
+                                                       "(max_drop needs --strategy linear credit; default: as "
+                                                       "credited).")] = None,
           seed: Seed = 0):
     """A training set from a credit file, in TRL's columns (prompt/chosen/rejected, prompt/completion or
     prompt/completions/labels), built as the pipeline builds its sets; prints what was left out and why."""
@@ -338,7 +341,12 @@ def pairs(credit: Annotated[str, typer.Argument(help="A file `mathfactory credit
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="CREDIT") from None
     _print_problems(problems)
-    built = build_set(rows, kind, PairsConfig(chosen=chosen), reference, seed)
+    if pit not in (None, "first_zero", "max_drop"):
+        raise typer.BadParameter(f"must be first_zero or max_drop, got {pit!r}", param_hint="--pit")
+    try:
+        built = build_set(rows, kind, PairsConfig(chosen=chosen), reference, seed, pit)
+    except ValueError as e:  # max_drop of scan or binary credit
+        raise typer.BadParameter(str(e), param_hint="--pit") from None
     if built.skipped:
         table = Table("left out", "rollouts")
         for reason, count in built.skipped.most_common():

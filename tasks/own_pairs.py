@@ -45,9 +45,10 @@ def read_credit(file: str) -> tuple[list[dict], Problems]:
 
 
 def build_set(rows: Sequence[dict], kind: str, cfg: PairsConfig, reference: str | None = None,
-              seed: int = 0) -> build.Built:
+              seed: int = 0, pit: str | None = None) -> build.Built:
     """The `kind` set (KINDS) from credit rows; `reference` names a column with each question's reference
-    solution (used per cfg.chosen)."""
+    solution (used per cfg.chosen); `pit` re-chooses each wrong rollout's pit by that rule (None: as credited;
+    max_drop needs linear credit)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
     rollouts: dict[str, Rollout] = {}
@@ -64,6 +65,8 @@ def build_set(rows: Sequence[dict], kind: str, cfg: PairsConfig, reference: str 
         if reference and isinstance(r.get(reference), str) and r[reference].strip():
             refs.setdefault(pid, formatting.completion(r[reference]))
         credits.setdefault(rid, []).append(StepCredit(**{f: r[f] for f in STEP_FIELDS}))
+    if pit:
+        credits = {rid: mc.repit(cs, pit) for rid, cs in credits.items()}
     R, V, C = list(rollouts.values()), list(verdicts.values()), [c for cs in credits.values() for c in cs]
     side = {"chosen": cfg.chosen, "refs": refs}
     if kind == "rft":

@@ -162,6 +162,26 @@ def test_pairs_from_the_credit_file_in_trls_columns(tmp_path, problems, policy):
     assert all(r["completion"] == inputs[row_of[r["rollout_id"]]]["output"] for r in rft)
 
 
+def test_pairs_rechoose_the_pit_by_the_other_rule_from_linear_credit(tmp_path, problems, policy):
+    url, _ = policy
+    src, slips = user_file(tmp_path, problems)
+    credit = {}
+    for strategy in ("linear", "scan"):
+        credit[strategy] = str(tmp_path / f"{strategy}.jsonl")
+        invoke("credit", src, "--question", "question", "--gold", "gold", "--completion", "output", "--policy", url,
+               "--model", MODEL, "--out", credit[strategy], "--strategy", strategy, "--m", "2",
+               "--cache", str(tmp_path / "c"))
+    row_of = {r["rollout_id"]: r["row"] for r in jsonl(credit["linear"])}
+    for pit in ("max_drop", "first_zero"):  # Q is 1 before the slip and 0 from it: both rules pick the slip
+        out = str(tmp_path / f"{pit}.jsonl")
+        invoke("pairs", credit["linear"], "--kind", "step_cut", "--pit", pit, "--out", out)
+        assert {row_of[p["rejected_rollout_id"]]: p["pit_index"] for p in jsonl(out)} == {
+            i: s for i, s in slips.items() if s}
+    out = str(tmp_path / "refused.jsonl")
+    result = cli.invoke(app, ["pairs", credit["scan"], "--kind", "step_cut", "--pit", "max_drop", "--out", out])
+    assert result.exit_code == 2 and "max_drop needs linear credit" in result.output and not Path(out).exists()
+
+
 def test_sample_grades_each_completion_and_resumes_from_the_cache(tmp_path, problems):
     noisy = ScriptedTeacher({p["question"]: p["answer"] for p in problems}, error_rate=0.3)
     record = Record()
