@@ -243,6 +243,7 @@ class Lake:
                               exclusive=True)
                 return marker
             except FileExistsError:  # another run won the race (or our own PUT whose answer was lost)
+                self.fs.invalidate_cache(self.stage_path(run_id, stage))  # listed before it was there
                 earlier = self.marker(run_id, stage)
         return self._agreed(run_id, stage, earlier, marker)
 
@@ -370,12 +371,16 @@ class Lake:
     def put_dir(self, local_dir: str | Path, run_id: str, stage: str) -> str:
         """Copy a local directory (e.g. a save_pretrained model) into the stage; commit separately."""
         dest = f"{self.stage_path(run_id, stage)}/model"
-        if self.fs.exists(dest):  # an earlier attempt's partial copy: no file of it may outlive this one
-            self.fs.rm(dest, recursive=True)
-        for src in sorted(Path(local_dir).rglob("*")):
-            if src.is_file():
-                data = src.read_bytes()
-                _atomic_write(self.fs, f"{dest}/{src.relative_to(local_dir).as_posix()}", lambda f, d=data: f.write(d))
+        names = {src.relative_to(local_dir).as_posix(): src for src in sorted(Path(local_dir).rglob("*")) if src.is_file()}
+        for name, src in names.items():
+            data = src.read_bytes()
+            _atomic_write(self.fs, f"{dest}/{name}", lambda f, d=data: f.write(d))
+        # No file of an earlier attempt's partial copy may outlive this one. Removed after the copy, not before: a
+        # run of the same run id at the same time may be reading the directory, and must never miss a file of it.
+        for path in self.fs.find(dest):
+            name = path.removeprefix(f"{dest}/")
+            if name not in names and not name.rsplit("/", 1)[-1].startswith("_tmp-"):
+                self.fs.rm(path)
         return dest
 
     def local_dir(self, run_id: str, stage: str) -> Path:

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 TINY_PRESET = Path(__file__).resolve().parents[1] / "tiny.yaml"
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 BUCKET = "mathfactory-faults"
+LATENCY_S = 0.05
 OUTAGE_S = 20  # longer than botocore's default retries ride out (4 retries, ~7 s expected)
 
 
@@ -61,9 +62,10 @@ def run(endpoint: str, monkeypatch, prefix: str | None = None) -> tuple[Lake, st
 
 
 @pytest.fixture(scope="module")
-def undisturbed(prefect_api, moto):
+def undisturbed(prefect_api, store):
+    """A run through the proxy with no fault: what every disturbed run must hold, and its time."""
     with pytest.MonkeyPatch.context() as mp:
-        lake, run_id, seconds = run(moto.url, mp)
+        lake, run_id, seconds = run(store.url, mp)
         return stage_digests(lake, run_id), seconds
 
 
@@ -109,13 +111,13 @@ def test_a_store_failing_a_share_of_requests(prefect_api, store, undisturbed, mo
 
 def test_a_slow_store(prefect_api, store, undisturbed, monkeypatch):
     store.counts.clear()
-    store.latency = 0.1
+    store.latency = LATENCY_S
     try:
         lake, run_id, seconds = run(store.url, monkeypatch)
     finally:
         store.latency = 0.0
     assert stage_digests(lake, run_id) == undisturbed[0]
-    print(f"\nmeasured: {store.counts['requests']} requests 0.1 s late each, run {seconds:.0f} s "
+    print(f"\nmeasured: {store.counts['requests']} requests {LATENCY_S} s late each, run {seconds:.0f} s "
           f"(undisturbed {undisturbed[1]:.0f} s)")
 
 
