@@ -41,8 +41,13 @@ R = TypeVar("R")
 MARKER = "_SUCCESS.json"
 SKIPPED = "_SKIPPED.json"  # an optional stage whose inputs could not make it: why (tasks/core/skips.py)
 SECRET_ENV = "MATHFACTORY_STORAGE_SECRET"
+_CONTENTS = ("record", "rows", "parts", "quarantined", "schema_version", "config_hash")  # what a marker vouches for
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 _CACHE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]+")  # a file name on every store, never a temp file's
+# An object store that restarts or sheds load (refused connections, 500, 503 SlowDown) is waited out for about a
+# minute on every call, reads and commits too, before a task fails: botocore's standard mode, 12 attempts with
+# jittered backoff capped at 20 s. Its default (legacy, 5 attempts) gave up ~7 s into a store's restart.
+S3_RETRIES = {"mode": "standard", "total_max_attempts": 12}
 
 
 class DataError(ValueError):
@@ -98,10 +103,13 @@ def code_version() -> str:
 
 def _url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec's url_to_fs, with the options of the secret block (if one is named) under the given ones."""
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
     name = os.environ.get(SECRET_ENV)
     if name:
-        protocol = fsspec.core.split_protocol(url)[0] or "file"
         storage_options = {**_secret_options(name).get(protocol, {}), **storage_options}
+    if protocol in ("s3", "s3a"):
+        config = storage_options.get("config_kwargs", {})
+        storage_options = {**storage_options, "config_kwargs": {"retries": S3_RETRIES, **config}}
     return fsspec.core.url_to_fs(url, **storage_options)
 
 
@@ -208,7 +216,9 @@ class Lake:
     def commit(self, run_id: str, stage: str, cls: type | None,
                before_marker: typing.Callable[[dict], None] | None = None, **meta: Any) -> dict:
         """Write the stage's _SUCCESS.json, last: row counts read from the parts' footers, plus `meta`.
-        `before_marker` gets the marker before it is written (to write what must exist once the stage does)."""
+        `before_marker` gets the marker before it is written (to write what must exist once the stage does).
+        The first commit stands: a marker is only ever created, never replaced, so of two runs committing the same
+        stage at once one writes it and the other gets it back, or an error if they made different contents."""
         parts = sorted(p.rsplit("/", 1)[1] for p in self.fs.glob(f"{self.stage_path(run_id, stage)}/part-*.parquet"))
         rows = sum(self._num_rows(f"{self.stage_path(run_id, stage)}/{p}") for p in parts)
         q_parts = self.fs.glob(f"{self.stage_path(run_id, stage)}/_quarantine/part-*.parquet")
@@ -224,11 +234,28 @@ class Lake:
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **meta,
         }
-        if before_marker is not None:
-            before_marker(marker)
-        data = json.dumps(marker, indent=2, sort_keys=True, default=str).encode()
-        _atomic_write(self.fs, f"{self.stage_path(run_id, stage)}/{MARKER}", lambda f: f.write(data))
-        return marker
+        earlier = self.marker(run_id, stage)
+        if earlier is None:
+            if before_marker is not None:
+                before_marker(marker)
+            data = json.dumps(marker, indent=2, sort_keys=True, default=str).encode()
+            try:
+                _atomic_write(self.fs, f"{self.stage_path(run_id, stage)}/{MARKER}", lambda f: f.write(data),
+                              exclusive=True)
+                return marker
+            except FileExistsError:  # another run won the race (or our own PUT whose answer was lost)
+                self.fs.invalidate_cache(self.stage_path(run_id, stage))  # listed before it was there
+                earlier = self.marker(run_id, stage)
+        return self._agreed(run_id, stage, earlier, marker)
+
+    def _agreed(self, run_id: str, stage: str, earlier: dict, marker: dict) -> dict:
+        """The marker already there, if it says the stage holds what `marker` would have said."""
+        differ = {k: (earlier.get(k), marker.get(k)) for k in _CONTENTS if earlier.get(k) != marker.get(k)}
+        if differ:
+            said = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+            raise DataError(f"{self.uri(run_id, stage)}: committed at {earlier.get('committed_at')} by another run "
+                            f"with other contents ({said}); two runs of one run id must make the same data")
+        return earlier
 
     def write_card(self, run_id: str, stage: str, text: str) -> str:
         """The stage's dataset card, `{stage}/README.md` (where `datasets` and the Hub look for it); its URL."""
@@ -345,12 +372,16 @@ class Lake:
     def put_dir(self, local_dir: str | Path, run_id: str, stage: str) -> str:
         """Copy a local directory (e.g. a save_pretrained model) into the stage; commit separately."""
         dest = f"{self.stage_path(run_id, stage)}/model"
-        if self.fs.exists(dest):  # an earlier attempt's partial copy: no file of it may outlive this one
-            self.fs.rm(dest, recursive=True)
-        for src in sorted(Path(local_dir).rglob("*")):
-            if src.is_file():
-                data = src.read_bytes()
-                _atomic_write(self.fs, f"{dest}/{src.relative_to(local_dir).as_posix()}", lambda f, d=data: f.write(d))
+        names = {src.relative_to(local_dir).as_posix(): src for src in sorted(Path(local_dir).rglob("*")) if src.is_file()}
+        for name, src in names.items():
+            data = src.read_bytes()
+            _atomic_write(self.fs, f"{dest}/{name}", lambda f, d=data: f.write(d))
+        # No file of an earlier attempt's partial copy may outlive this one. Removed after the copy, not before: a
+        # run of the same run id at the same time may be reading the directory, and must never miss a file of it.
+        for path in self.fs.find(dest):
+            name = path.removeprefix(f"{dest}/")
+            if name not in names and not name.rsplit("/", 1)[-1].startswith("_tmp-"):
+                self.fs.rm(path)
         return dest
 
     def local_dir(self, run_id: str, stage: str) -> Path:
@@ -507,8 +538,10 @@ def fetch_dir(url: str, **storage_options: Any) -> Path:
 
 
 def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callable[[typing.BinaryIO], None],
-                  before_publish: typing.Callable[[str], None] | None = None) -> None:
-    """Make `path` appear whole or not at all; `before_publish` gets the finished file's local path first."""
+                  before_publish: typing.Callable[[str], None] | None = None, exclusive: bool = False) -> None:
+    """Make `path` appear whole or not at all; `before_publish` gets the finished file's local path first.
+    `exclusive`: only if `path` does not exist yet, else FileExistsError (a hard link locally, a conditional PUT,
+    If-None-Match, on S3): of two writers racing, exactly one wins."""
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if not _is_local(fs):
         # An fsspec file publishes on close, and `with` closes it even when `write` raised (memory:// even
@@ -520,7 +553,7 @@ def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callab
                 write(f)
             if before_publish is not None:
                 before_publish(tmp)
-            fs.put_file(tmp, path)
+            fs.put_file(tmp, path, **({"mode": "create"} if exclusive else {}))
         return
     tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{uuid.uuid4().hex}"
     try:
@@ -528,7 +561,10 @@ def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callab
             write(f)
         if before_publish is not None:
             before_publish(tmp)
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)  # atomic, and refuses an existing name (a rename would replace it)
+        else:
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -124,3 +124,34 @@ def test_a_failed_write_leaves_no_part(any_lake):
     assert any_lake.write_part("run", "rollouts", 0, Problem, _problems(250), row_group_size=100) == 250
     any_lake.commit("run", "rollouts", Problem)
     assert len(list(any_lake.read("run", "rollouts", Problem))) == 250
+
+
+def test_two_commits_of_one_stage_at_once_write_one_marker(any_lake):
+    """Two runs of one run id committing a stage together: one marker is created, never replaced; both get it."""
+    import threading
+
+    any_lake.write_part("run", "rollouts", 0, Problem, _problems(40))
+    barrier, markers = threading.Barrier(8), []
+
+    def commit(i: int) -> None:
+        barrier.wait()
+        markers.append(any_lake.commit("run", "rollouts", Problem, config_hash="abc", seconds=i))
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = any_lake.marker("run", "rollouts")
+    assert len(markers) == 8 and all(m == stored for m in markers) and stored["rows"] == 40
+    assert any_lake.commit("run", "rollouts", Problem, config_hash="abc", seconds=99) == stored  # later: the same
+
+
+def test_a_commit_with_other_contents_than_the_marker_there_is_refused(any_lake):
+    any_lake.write_part("run", "rollouts", 0, Problem, _problems(40))
+    first = any_lake.commit("run", "rollouts", Problem, config_hash="abc")
+    any_lake.write_part("run", "rollouts", 1, Problem, _problems(5))  # another run made a shard more
+    with pytest.raises(DataError, match=r"rollouts: committed at .* by another run with other contents "
+                                        r"\(rows: 40 there, 45 here; parts: .*\)"):
+        any_lake.commit("run", "rollouts", Problem, config_hash="abc")
+    assert any_lake.marker("run", "rollouts") == first

@@ -27,6 +27,7 @@ TINY_PRESET = Path(__file__).resolve().parents[1] / "tiny.yaml"
 BUCKET = "mathfactory-lake"  # the bucket infra/k8s/minio.yaml creates
 KEY_ID = "AKIAMATHFACTORYTEST"
 SECRET_KEY = f"s3cr3t-{uuid.uuid4().hex}"  # unique, so finding it anywhere means it leaked
+ENV_SECRET = f"sk-planted-{uuid.uuid4().hex}"  # a served model's key in the environment, where users keep it
 STAGES = ["problems", "policy", "rollouts", "verdicts", "credit", *DATASETS, "eval_sft"]
 
 
@@ -59,6 +60,7 @@ def run(prefect_api, no_env_keys, s3_server):
     block = f"lake-keys-{uuid.uuid4().hex[:8]}"
     Secret(value={"s3": {"key": KEY_ID, "secret": SECRET_KEY}}).save(block)
     no_env_keys.setenv(SECRET_ENV, block)
+    no_env_keys.setenv("OPENAI_API_KEY", ENV_SECRET)
     url = f"s3://{BUCKET}/factory-{uuid.uuid4().hex[:8]}"
     capture = Capture()
     capture.setFormatter(logging.Formatter("%(name)s %(message)s %(args)s"))
@@ -130,16 +132,19 @@ def test_ls_and_show_on_the_s3_lake(run):
     assert shown.output.count("rollout_id") == 2
 
 
-def test_the_secret_is_never_written_or_logged(run, s3):
+@pytest.mark.parametrize("secret", [SECRET_KEY, ENV_SECRET], ids=["secret block", "environment"])
+def test_the_secret_is_never_written_or_logged(run, s3, secret):
+    """Neither the lake's key (from the Secret block) nor a key planted in the environment is in the lake, the
+    log lines, the CLI's output, or anything the Prefect API holds: logs, flow-run and deployment parameters,
+    artifacts, results persisted under PREFECT_HOME."""
     cfg, output, log_lines = run
     run_id = cfg.run_id()
-    secret = SECRET_KEY.encode()
     objects = s3.find(cfg.lake.removeprefix("s3://"))
     assert len(objects) > 10 and any(o.endswith("_SUCCESS.json") for o in objects)
-    assert [o for o in objects if secret in s3.cat_file(o)] == []
+    assert [o for o in objects if secret.encode() in s3.cat_file(o)] == []
     # Log lines as they left the process, and as the Prefect UI shows them.
     assert any(run_id in line for line in log_lines)
-    assert not [line for line in log_lines if SECRET_KEY in line]
+    assert not [line for line in log_lines if secret in line]
     with get_client(sync_client=True) as client:
         # Every page: the session's shared API holds other tests' logs too, more than one page of them.
         logs, page = [], client.read_logs(limit=200, offset=0)
@@ -147,12 +152,16 @@ def test_the_secret_is_never_written_or_logged(run, s3):
             logs += [log.message for log in page]
             page = client.read_logs(limit=200, offset=len(logs))
         params = [json.dumps(r.parameters, default=str) for r in client.read_flow_runs()]
-    assert any(run_id in m for m in logs) and not [m for m in logs if SECRET_KEY in m]
-    assert any(cfg.lake in p for p in params) and not [p for p in params if SECRET_KEY in p]
-    assert SECRET_KEY not in output
+        deployments = [d.model_dump_json() for d in client.read_deployments()]
+        artifacts = [a.model_dump_json() for a in client.read_artifacts()]
+    assert any(run_id in m for m in logs) and not [m for m in logs if secret in m]
+    assert any(cfg.lake in p for p in params) and not [p for p in params if secret in p]
+    assert not [d for d in deployments if secret in d]
+    assert any(run_id in a for a in artifacts) and not [a for a in artifacts if secret in a]  # the run's report
+    assert secret not in output
     # Results Prefect persisted for its own caching live under PREFECT_HOME.
     files = [p for p in Path(os.environ["PREFECT_HOME"]).rglob("*") if p.is_file() and ".db" not in p.suffix]
-    assert [p for p in files if secret in p.read_bytes()] == []
+    assert [p for p in files if secret.encode() in p.read_bytes()] == []
 
 
 def test_the_keys_came_from_the_block(run, no_env_keys, monkeypatch):
