@@ -58,12 +58,9 @@ def judge():
 
 
 def test_corpus_verdicts(judge):
-    t0 = time.perf_counter()
     grades = judge.grade_many((g, c) for g, c, _ in CORPUS)
     got = [(i, g.reason) for i, g in enumerate(grades)]
     assert got == [(i, want) for i, (_, _, want) in enumerate(CORPUS)]
-    # Everything but the one timeout is decided fast; the timeout costs its own budget once.
-    assert time.perf_counter() - t0 < 30
 
 
 # --- generated answers through the judge ---------------------------------------------------------------------
