@@ -93,7 +93,11 @@ def ls(lake: Annotated[str, typer.Option(help="Lake path or fsspec URL.")] = "./
     lk = Lake(lake)
     table = Table("run", "stages (rows)")
     for run_id in lk.runs():
-        stages, skipped = lk.stages(run_id), lk.skipped(run_id)
+        try:
+            stages, skipped = lk.stages(run_id), lk.skipped(run_id)
+        except DataError as e:  # a damaged marker: say which, and go on to the next run
+            table.add_row(run_id, f"[red]error:[/] {e}")
+            continue
         finished = "  ".join(f"{s} ({m['rows']})" for s, m in stages.items()) or "(nothing finished)"
         table.add_row(run_id, finished + (f"  skipped: {', '.join(skipped)}" if skipped else ""))
     out.print(table)
@@ -104,7 +108,14 @@ def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake p
          n: Annotated[int, typer.Option("-n", help="Rows to print.")] = 3,
          quarantine: Annotated[bool, typer.Option(help="The rows the stage refused, with why.")] = False):
     """A few rows of a stage (or of its quarantine), and its counts."""
-    lk = Lake(lake)
+    try:
+        _show(Lake(lake), run_id, stage, n, quarantine)
+    except DataError as e:  # a damaged part or marker: its path and row, not a traceback
+        out.print(f"[red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _show(lk: Lake, run_id: str, stage: str, n: int, quarantine: bool) -> None:
     marker = lk.marker(run_id, stage)
     if marker is None:
         why = lk.skipped(run_id).get(stage)
