@@ -8,6 +8,7 @@ Prints the figures; exits 1 if the peak RSS passes 1 GiB. The lake is a local te
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import resource
 import sys
@@ -26,6 +27,7 @@ from mathfactory.tasks.sample import ROLLOUTS
 from mathfactory.tasks.stage import Run, build
 from mathfactory.tasks.verify import VERDICTS, VerifyConfig
 
+print = functools.partial(print, flush=True)  # noqa: A001  # figures appear as they are measured
 GIB = 1 << 30
 K = 4  # rollouts per problem
 SHARDS = 4  # rollouts (and so verdicts) parts
@@ -93,7 +95,7 @@ def verify(run: Run) -> tuple[float, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="Rollouts through the numeric path.")
-    ap.add_argument("--latex", type=int, default=2_000, help="Rollouts through the LaTeX path (~100-200/s).")
+    ap.add_argument("--latex", type=int, default=2_000, help="Rollouts through the LaTeX path (~100-200/s; 0: skip).")
     ap.add_argument("--keep", help="Write the lakes here and keep them.")
     args = ap.parse_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mathfactory-bench-"))
@@ -108,11 +110,12 @@ def main() -> int:
     print(f"numeric path: {marker['rows']:,} verdicts in {took:.0f} s = {marker['rows'] / took:,.0f} verdicts/s "
           f"{dict(marker['metrics']['reasons'])}; peak RSS {mib(peak_rss())}")
 
-    latex = Run(lake=str(root / "latex"), run_id="bench")
-    seed(latex, args.latex, latex=True)
-    took, marker = verify(latex)
-    print(f"LaTeX path: {marker['rows']:,} verdicts in {took:.1f} s = {marker['rows'] / took:,.0f} verdicts/s "
-          f"{dict(marker['metrics']['reasons'])}; judge workers' peak RSS {mib(children_peak_rss())}")
+    if args.latex:
+        latex = Run(lake=str(root / "latex"), run_id="bench")
+        seed(latex, args.latex, latex=True)
+        took, marker = verify(latex)
+        print(f"LaTeX path: {marker['rows']:,} verdicts in {took:.1f} s = {marker['rows'] / took:,.0f} verdicts/s "
+              f"{dict(marker['metrics']['reasons'])}; judge workers' peak RSS {mib(children_peak_rss())}")
 
     # Reading back: `show`, a full scan, and the pairs stage's reads (the rows of credit's 64 problems).
     for stage in (ROLLOUTS.name, VERDICTS.name):
