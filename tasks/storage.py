@@ -41,6 +41,7 @@ from mathfactory.tasks.core.records import RENAMED, SCHEMA_VERSION, Quarantined
 R = TypeVar("R")
 Where = tuple[str, Collection[Any]]  # (column, values): keep the rows whose column holds one of the values
 MARKER = "_SUCCESS.json"
+FILTER_BATCH = 16_384  # rows per Arrow batch when a read filters (see Lake.read)
 SKIPPED = "_SKIPPED.json"  # an optional stage whose inputs could not make it: why (tasks/core/skips.py)
 SECRET_ENV = "MATHFACTORY_STORAGE_SECRET"
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
@@ -332,7 +333,9 @@ class Lake:
             stage = path.rsplit("/", 2)[-2]
             if where is not None:
                 where = (renamed.get(where[0], where[0]), where[1])
-            for n, row in _batched_rows(file, path, batch_size, columns, where):
+            # A filter builds its hash of the values once per batch: larger batches, and only kept rows decoded.
+            size = batch_size if where is None else max(batch_size, FILTER_BATCH)
+            for n, row in _batched_rows(file, path, size, columns, where):
                 self.rows_read[stage] += 1
                 try:
                     yield cls(**{new_name.get(k, k): v for k, v in row.items()})
