@@ -94,12 +94,16 @@ def config(preset: Preset = "toy", lake: LakeOpt = None, sets: Sets = None):
 @app.command("ls")
 def ls(lake: Annotated[str, typer.Option(help="Lake path or fsspec URL.")] = "./lake"):
     """Runs in the lake, with each finished stage's row count."""
-    from mathfactory.tasks.storage import Lake
+    from mathfactory.tasks.storage import DataError, Lake
 
     lk = Lake(lake)
     table = Table("run", "stages (rows)")
     for run_id in lk.runs():
-        stages, skipped = lk.stages(run_id), lk.skipped(run_id)
+        try:
+            stages, skipped = lk.stages(run_id), lk.skipped(run_id)
+        except DataError as e:  # a damaged marker: say which, and go on to the next run
+            table.add_row(run_id, f"[red]error:[/] {e}")
+            continue
         finished = "  ".join(f"{s} ({m['rows']})" for s, m in stages.items()) or "(nothing finished)"
         table.add_row(run_id, finished + (f"  skipped: {', '.join(skipped)}" if skipped else ""))
     out.print(table)
@@ -110,10 +114,18 @@ def show(run_id: str, stage: str, lake: Annotated[str, typer.Option(help="Lake p
          n: Annotated[int, typer.Option("-n", help="Rows to print.")] = 3,
          quarantine: Annotated[bool, typer.Option(help="The rows the stage refused, with why.")] = False):
     """A few rows of a stage (or of its quarantine), and its counts."""
-    from mathfactory.tasks.core.records import RECORDS
-    from mathfactory.tasks.storage import Lake
+    from mathfactory.tasks.storage import DataError, Lake
 
-    lk = Lake(lake)
+    try:
+        _show(Lake(lake), run_id, stage, n, quarantine)
+    except DataError as e:  # a damaged part or marker: its path and row, not a traceback
+        out.print(f"[red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _show(lk, run_id: str, stage: str, n: int, quarantine: bool) -> None:
+    from mathfactory.tasks.core.records import RECORDS
+
     marker = lk.marker(run_id, stage)
     if marker is None:
         why = lk.skipped(run_id).get(stage)

@@ -11,14 +11,14 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from mathfactory.tasks.core import credit as mc
 from mathfactory.tasks.core import formatting
-from mathfactory.tasks.core.records import Problem, Rollout, StepCredit, Verdict, stable_id
+from mathfactory.tasks.core.records import Problem, ProblemKey, Rollout, StepCredit, Verdict, stable_id
 from mathfactory.tasks.core.steps import split_steps, style_for
 from mathfactory.tasks.core.strategies import Continuation
 from mathfactory.tasks.engines import EngineOptions, TransformersOptions, load_engine, local_model
@@ -29,6 +29,8 @@ from mathfactory.tasks.problems import PROBLEMS
 from mathfactory.tasks.sample import ROLLOUTS
 from mathfactory.tasks.stage import Meter, Run, StageSpec, summed
 from mathfactory.tasks.verify import VERDICTS
+
+P = TypeVar("P", Problem, ProblemKey)
 
 
 class CreditConfig(BaseModel):
@@ -85,18 +87,31 @@ def targets(rollouts: list[Rollout], verdicts: dict[str, Verdict], sources: dict
             for r in rollouts]
 
 
-def covered(problems: Iterable[Problem], limit: int | None) -> Iterator[Problem]:
+def covered(problems: Iterable[P], limit: int | None) -> Iterator[P]:
     """The train problems credit covers: the first `limit` of the run's (all for None). Every training set built
     from the policy's samples comes from these same problems."""
     return itertools.islice((p for p in problems if p.split == "train"), limit)
 
 
+def shard_problems(run: Run, cfg: CreditConfig, shard: int) -> list[str]:
+    """The ids of the covered problems that fall in `shard`, from two columns of the problems."""
+    keys = (ProblemKey(*t) for t in run.read_columns(PROBLEMS, "problem_id", "split"))
+    return [k.problem_id for k in covered(keys, cfg.problems) if shard_of(k.problem_id, cfg.shards) == shard]
+
+
+def shard_inputs(cfg: CreditConfig, run: Run, shard: int
+                 ) -> tuple[dict[str, Problem], dict[str, Verdict], list[Rollout]]:
+    """The problems, verdicts and rollouts of shard `shard`, and nothing else: each read keeps only the shard's
+    problems as it is decoded, so S shards over N rollouts read N rollouts in all, not S x N."""
+    mine = ("problem_id", shard_problems(run, cfg, shard))
+    problems = {p.problem_id: p for p in run.read(PROBLEMS, where=mine)}
+    verdicts = {v.rollout_id: v for v in run.read(VERDICTS, where=mine)}
+    return problems, verdicts, [r for r in run.read(ROLLOUTS, where=mine) if r.rollout_id in verdicts]
+
+
 def step_credit(cfg: CreditConfig, run: Run, shard: int, meter: Meter) -> list[StepCredit]:
     """Shard `shard`: the rollouts of its problems, credited; a rollout that cannot be is refused with why."""
-    problems = {p.problem_id: p for p in covered(run.read(PROBLEMS), cfg.problems)
-                if shard_of(p.problem_id, cfg.shards) == shard}
-    verdicts = {v.rollout_id: v for v in run.read(VERDICTS) if v.problem_id in problems}
-    rollouts = [r for r in run.read(ROLLOUTS) if r.rollout_id in verdicts]
+    problems, verdicts, rollouts = shard_inputs(cfg, run, shard)
     by_id = {r.rollout_id: r for r in rollouts}
     wrong, right = [], []
     for t in targets(rollouts, verdicts, {p: problems[p].source for p in problems}, cfg):

@@ -125,8 +125,8 @@ def _built(cfg: PairsConfig, run: Run) -> dict[str, build.Built]:
     problems = list(run.read(PROBLEMS))
     credit = run.metrics(CREDIT.name)  # how credit split steps and which problems it covered
     ids = {p.problem_id for p in covered(problems, credit.get("problems_limit"))}
-    rollouts = [r for r in run.read(ROLLOUTS) if r.problem_id in ids]
-    verdicts = [v for v in run.read(VERDICTS) if v.problem_id in ids]
+    rollouts = list(run.read(ROLLOUTS, where=("problem_id", ids)))  # filtered as decoded: only covered rows
+    verdicts = list(run.read(VERDICTS, where=("problem_id", ids)))
     built = build_all(cfg, credit.get("style", "auto"), problems, rollouts, verdicts, list(run.read(CREDIT)),
                       run.seed)
     return {name: replace(b, counts=Counter({**b.counts, "covered": len(ids)})) for name, b in built.items()}

@@ -37,7 +37,7 @@ from mathfactory.tasks.core.card import SetFacts, dataset_card
 from mathfactory.tasks.core.records import Quarantined, derive_seed
 from mathfactory.tasks.core.skips import Skip
 from mathfactory.tasks.judge import Grading
-from mathfactory.tasks.storage import Lake, hf_features
+from mathfactory.tasks.storage import Lake, Where, hf_features
 
 _GATE_REASON = re.compile(r"^([a-z_]+): ")
 
@@ -78,9 +78,15 @@ class Run(BaseModel):
     def store(self) -> Lake:
         return Lake(self.lake)
 
-    def read(self, spec: StageSpec, shard: int | None = None) -> Iterator[Any]:
-        """A finished stage's records (or one of its shards), by its spec: the record type is the spec's."""
-        return self.store.read(self.run_id, spec.name, spec.record, shard=shard)
+    def read(self, spec: StageSpec, shard: int | None = None, where: Where | None = None) -> Iterator[Any]:
+        """A finished stage's records (or one of its shards), by its spec: the record type is the spec's; `where`
+        (column, values) keeps only the rows a shard needs (the filter runs in Arrow, see Lake.read)."""
+        return self.store.read(self.run_id, spec.name, spec.record, shard=shard, where=where)
+
+    def read_columns(self, spec: StageSpec, *columns: str, shard: int | None = None, where: Where | None = None
+                     ) -> Iterator[tuple]:
+        """A finished stage's values of `columns`, a tuple a row: what a shard reads to find its own rows."""
+        return self.store.read_columns(self.run_id, spec.name, list(columns), shard=shard, where=where)
 
     def landed(self, spec: StageSpec, shards: int) -> Iterator[Any]:
         """The records of shards 0..shards-1 of a stage still being assembled (before its commit)."""

@@ -26,19 +26,23 @@ import time
 import types
 import typing
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mathfactory.tasks.core.records import RENAMED, SCHEMA_VERSION, Quarantined
 
 R = TypeVar("R")
+Where = tuple[str, Collection[Any]]  # (column, values): keep the rows whose column holds one of the values
 MARKER = "_SUCCESS.json"
+FILTER_BATCH = 16_384  # rows per Arrow batch when a read filters (see Lake.read)
 SKIPPED = "_SKIPPED.json"  # an optional stage whose inputs could not make it: why (tasks/core/skips.py)
 SECRET_ENV = "MATHFACTORY_STORAGE_SECRET"
 _CONTENTS = ("record", "rows", "parts", "quarantined", "schema_version", "config_hash")  # what a marker vouches for
@@ -138,6 +142,9 @@ class Lake:
         self.fs, self.root = _url_to_fs(url, **storage_options)
         self.root = self.root.rstrip("/")
         self.storage_options = storage_options
+        # What reads turned into Python objects, by stage: whole records, and rows of a few columns (read_columns).
+        self.rows_read: Counter[str] = Counter()
+        self.column_rows_read: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"Lake({self.url!r})"
@@ -275,30 +282,43 @@ class Lake:
         path = f"{self.stage_path(run_id, stage)}/{MARKER}"
         try:
             with self.fs.open(path, "rb") as f:
-                return json.load(f)
+                marker = json.load(f)
         except FileNotFoundError:
             return None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:  # written whole, so damaged by hand or by the disk
+            raise DataError(f"{path}: not a readable marker ({e})") from None
+        if not isinstance(marker, dict) or not isinstance(marker.get("parts"), list):
+            raise DataError(f"{path}: not a readable marker (no list of parts)")
+        return marker
 
-    def read(self, run_id: str, stage: str, cls: type[R], batch_size: int = 1024, shard: int | None = None
-             ) -> Iterator[R]:
-        """Stream a finished stage's records (or one shard's) row group by row group; refuses unmarked stages."""
+    def read(self, run_id: str, stage: str, cls: type[R], batch_size: int = 1024, shard: int | None = None,
+             where: Where | None = None) -> Iterator[R]:
+        """Stream a finished stage's records (or one shard's) row group by row group; refuses unmarked stages.
+        `where=(column, values)` keeps the rows whose column is one of `values`, filtered in Arrow as each batch
+        is decoded: the rows left out never become Python objects (rows_read counts those that do)."""
         marker = self.marker(run_id, stage)
         if marker is None:
             raise DataError(f"{self.uri(run_id, stage)}: no {MARKER}; the stage has not finished")
         parts = marker["parts"] if shard is None else [f"part-{shard:05d}.parquet"]
+        where = _value_set(where)
         for part in parts:
-            yield from self._read_file(f"{self.stage_path(run_id, stage)}/{part}", cls, batch_size)
+            yield from self._read_file(f"{self.stage_path(run_id, stage)}/{part}", cls, batch_size, where)
 
-    def read_columns(self, run_id: str, stage: str, columns: list[str], batch_size: int = 4096
-                     ) -> Iterator[tuple]:
+    def read_columns(self, run_id: str, stage: str, columns: list[str], batch_size: int = 4096,
+                     shard: int | None = None, where: Where | None = None) -> Iterator[tuple]:
         """A finished stage's values of `columns`, one tuple a row, streamed row group by row group (a scan of a
-        large stage that needs a few columns reads only those)."""
+        large stage that needs a few columns reads only those); `shard` and `where` as for read."""
         marker = self.marker(run_id, stage)
         if marker is None:
             raise DataError(f"{self.uri(run_id, stage)}: no {MARKER}; the stage has not finished")
-        for part in marker["parts"]:
-            with self.fs.open(f"{self.stage_path(run_id, stage)}/{part}", "rb") as f:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+        read = columns if where is None or where[0] in columns else [*columns, where[0]]
+        where = _value_set(where)
+        for part in marker["parts"] if shard is None else [f"part-{shard:05d}.parquet"]:
+            path = f"{self.stage_path(run_id, stage)}/{part}"
+            with self.fs.open(path, "rb") as f:
+                for batch in _parquet(f, path).iter_batches(batch_size=batch_size, columns=read):
+                    batch = _keep(batch, where)
+                    self.column_rows_read[stage] += batch.num_rows
                     yield from zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
 
     def read_quarantine(self, run_id: str, stage: str) -> Iterator[Quarantined]:
@@ -315,10 +335,10 @@ class Lake:
         if self.has_part(run_id, f"{stage}/_quarantine", shard):
             yield from self.read_part(run_id, f"{stage}/_quarantine", shard, Quarantined)
 
-    def _read_file(self, path: str, cls: type[R], batch_size: int) -> Iterator[R]:
+    def _read_file(self, path: str, cls: type[R], batch_size: int, where: Where | None = None) -> Iterator[R]:
         names = arrow_schema(cls).names
         with self.fs.open(path, "rb") as f:
-            file = pq.ParquetFile(f)
+            file = _parquet(f, path)
             present = file.schema_arrow.names
             # A renamed column is read under its old name from older files; a column added later with a default
             # reads as that default; any other absent column would be skipped by pyarrow silently, and the
@@ -333,9 +353,22 @@ class Lake:
                 raise DataError(f"{path}: no column {', '.join(missing)} for {cls.__name__}: written by another "
                                 f"version of mathfactory (schema {written}, this one reads {SCHEMA_VERSION}); "
                                 "rerun the stage into a new lake or run id")
-            for batch in file.iter_batches(batch_size=batch_size, columns=columns):
-                for row in batch.to_pylist():
+            if wrong := [f"{c} is {file.schema_arrow.field(c).type}, expected {arrow_schema(cls).field(n).type}"
+                         for n, c in zip(names, [renamed.get(n, n) for n in names], strict=True)
+                         if n not in absent and not _same_type(file.schema_arrow.field(c).type,
+                                                                arrow_schema(cls).field(n).type)]:
+                raise DataError(f"{path}: column {'; '.join(wrong)} for {cls.__name__}")
+            stage = path.rsplit("/", 2)[-2]
+            if where is not None:
+                where = (renamed.get(where[0], where[0]), where[1])
+            # A filter builds its hash of the values once per batch: larger batches, and only kept rows decoded.
+            size = batch_size if where is None else max(batch_size, FILTER_BATCH)
+            for n, row in _batched_rows(file, path, size, columns, where):
+                self.rows_read[stage] += 1
+                try:
                     yield cls(**{new_name.get(k, k): v for k, v in row.items()})
+                except TypeError as e:
+                    raise DataError(f"{path}:{n}: not a {cls.__name__} ({e})") from None
 
     def runs(self) -> list[str]:
         base = f"{self.root}/runs"
@@ -577,6 +610,61 @@ def _read_local(path: str, cls: type[R], batch_size: int) -> Iterator[R]:
             yield cls(**row)
 
 
+def _parquet(f: typing.BinaryIO, name: str) -> pq.ParquetFile:
+    """An open Parquet file, or DataError naming it (truncated, not Parquet at all)."""
+    try:
+        return pq.ParquetFile(f)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{name}: not a readable Parquet file ({e})") from None
+
+
+def _batched_rows(file: pq.ParquetFile, name: str, batch_size: int, columns: list[str] | None = None,
+                  where: Where | None = None) -> Iterator[tuple[int, dict]]:
+    """(row number in the file from 1, row) of a Parquet file, streamed, those `where` keeps; a damaged page raises
+    DataError naming the file and the first row that could not be read (the rows before it were yielded whole)."""
+    n = 0
+    batches = file.iter_batches(batch_size=batch_size, columns=columns)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{name}:{n + 1}: unreadable from this row on ({e})") from None
+        if batch is None:
+            return
+        if where is None:
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+            continue
+        kept = _mask(batch, where)
+        rows = batch.filter(kept).to_pylist()
+        for i, row in zip(pc.indices_nonzero(kept).to_pylist(), rows, strict=True):
+            yield n + i + 1, row
+        n += batch.num_rows
+
+
+def _value_set(where: Where | None) -> Where | None:
+    """`where` with its values as one Arrow array, built once per read rather than once per batch."""
+    return None if where is None or isinstance(where[1], pa.Array) else (where[0], pa.array(list(where[1])))
+
+
+def _mask(batch: pa.RecordBatch, where: Where) -> pa.Array:
+    column, values = where
+    kind = batch.schema.field(column).type
+    return pc.is_in(batch.column(column), value_set=values if values.type == kind else values.cast(kind))
+
+
+def _keep(batch: pa.RecordBatch, where: Where | None) -> pa.RecordBatch:
+    return batch if where is None else batch.filter(_mask(batch, where))
+
+
+def _same_type(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a column read back has the record's type (a list's item field may be named `element` or `item`)."""
+    if pa.types.is_list(found) and pa.types.is_list(expected):
+        return _same_type(found.value_type, expected.value_type)
+    return found == expected or pa.types.is_null(found)
+
+
 def _to_table(rows: list[Any], names: list[str], schema: pa.Schema) -> pa.Table:
     cols = {n: [getattr(r, n) for r in rows] for n in names}
     return pa.table(cols, schema=schema)
@@ -611,11 +699,8 @@ def iter_file_rows(url: str, **storage_options: Any) -> Iterator[tuple[str, dict
         raise DataError(f"{url}: no such file")
     if path.endswith(".parquet"):
         with fs.open(path, "rb") as f:
-            n = 0
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    n += 1
-                    yield f"{url}:{n}", row, None
+            for n, row in _batched_rows(_parquet(f, url), url, 1024):
+                yield f"{url}:{n}", row, None
         return
     with fs.open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):

@@ -3,6 +3,7 @@ for any user file of model outputs (`mathfactory verify`) is tasks/verify_file.p
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from pydantic import Field
@@ -25,12 +26,14 @@ class VerifyConfig(Grading):
 
 def verdicts(cfg: VerifyConfig, run: Run, shard: int, meter: Meter) -> Iterator[Verdict]:
     """Shard `shard` of the rollouts, graded against their problems' gold answers."""
-    gold = {p.problem_id: p.answer for p in run.read(PROBLEMS)}
-    rollouts = list(run.read(ROLLOUTS, shard=shard))
-    with run.grading.judge() as judge:
-        for i in tqdm(range(0, len(rollouts), cfg.batch), desc=f"verify shard {shard}", disable=None):
-            batch = rollouts[i : i + cfg.batch]
+    # Streamed batch by batch (a shard may hold millions of rollouts), with only the gold answers of its problems.
+    ids = {pid for (pid,) in run.read_columns(ROLLOUTS, "problem_id", shard=shard)}
+    gold = dict(run.read_columns(PROBLEMS, "problem_id", "answer", where=("problem_id", ids)))
+    rollouts = run.read(ROLLOUTS, shard=shard)
+    with run.grading.judge() as judge, tqdm(desc=f"verify shard {shard}", unit="rollout", disable=None) as bar:
+        while batch := list(itertools.islice(rollouts, cfg.batch)):
             grades = judge.grade_many((gold[r.problem_id], r.completion) for r in batch)
+            bar.update(len(batch))
             yield from (Verdict(r.rollout_id, r.problem_id, r.split, r.level, g.correct, g.reason, g.predicted,
                                 gold[r.problem_id], g.calc_errors) for r, g in zip(batch, grades, strict=True))
 

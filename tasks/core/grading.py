@@ -3,7 +3,10 @@ goes to the judge)."""
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
+import unicodedata
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -41,6 +44,9 @@ _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
 _LAST_NUMBER = re.compile(
     r"(?:(?<![\w.)\]}])-)?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?:/[0-9]+)?|\.[0-9]+"
 )
+# Control characters (NUL, escapes) are never part of an answer: a completion of only those has none, and one glued
+# to a number must not turn it into an expression for the LaTeX judge.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TEXT_CMD = re.compile(r"\\(?:text|mathrm|textbf|mbox|operatorname)\{[^{}]*\}")
 _PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[^\W\d_]{3,}")  # any script: 3+ letters not part of a \command
 
@@ -109,6 +115,7 @@ def _is_bare(text: str) -> bool:
 def extract_answer(text: str) -> str | None:
     """The final answer in a completion: `#### N`, else the last boxed, else "the answer is ...", else the
     whole text if it is a bare answer, else the last number; None when there is nothing answer-like."""
+    text = _CONTROL.sub("", text)
     pos = text.rfind("####")
     if pos >= 0:
         answer = _clean(text[pos + 4 :].split("\n", 1)[0])
@@ -157,6 +164,8 @@ def parse_number(s: str) -> Fraction | None:
     if s.isascii() and s.isdigit():
         return Fraction(int(s)) if len(s) < 4000 else None
     s = s.strip()
+    if not s.isascii():
+        s = s.translate(_digits())
     if len(s) > 200:
         return None
     if s.startswith("$") and s.endswith("$") and len(s) > 2 and not s.startswith("$$"):
@@ -181,6 +190,14 @@ def parse_number(s: str) -> Fraction | None:
             return None
         value /= int(m["den"])
     return -value if (m["sign"] in _MINUS) != (m["sign2"] in _MINUS) else value
+
+
+@functools.cache
+def _digits() -> dict[int, str]:
+    """Every Unicode decimal digit (Arabic-Indic, Devanagari, fullwidth, mathematical bold, ...) -> its ASCII digit:
+    `٣` and `５` are the numbers 3 and 5, as int() reads them."""
+    every = "".join(map(chr, range(0x80, sys.maxunicode + 1)))
+    return {ord(c): str(unicodedata.digit(c)) for c in re.findall(r"\d", every)}
 
 
 def _nesting(s: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 SCHEMA_VERSION = 4  # 2: SeedScore.preview; 3: StepCredit.n_correct, q None unless estimated; PreferencePair.chosen_source;
 #   4: `stage` (a problem's education level) is `level`
@@ -36,6 +37,13 @@ class Problem:
     question: str
     solution: str  # reference worked solution (GSM8K format, or LaTeX)
     answer: str  # reference final answer
+
+
+class ProblemKey(NamedTuple):
+    """The two columns of a Problem that decide which shard takes it: what a shard reads of every problem."""
+
+    problem_id: str
+    split: str
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,8 @@ def test_adversarial_completions_are_graded_in_linear_time(text, reason):
         ("18", 18),
         ("1,000", 1000),
         ("1,000,000", 1000000),
+        ("\u0665", 5),  # Arabic-Indic five: Unicode decimal digits are digits (int() reads them too)
+        ("\uff11,\uff10\uff10\uff10", 1000),  # fullwidth, with thousands separators
         ("$18", 18),
         ("\\$18", 18),
         ("-$5", -5),
@@ -122,7 +124,7 @@ def test_parse_number(text, value):
 @pytest.mark.parametrize(
     "text",
     ["", "x", "5x", "2^{10}", "1e5", "1,00", "1.5/2", "3/0", "\\frac{1}{0}", "\\sqrt{2}", "18 and 5", "x = 5",
-     "\u0665", "9" * 5000, "5 - 3", "five"],
+     "9" * 5000, "5 - 3", "five", "\u0665\u0665x"],
 )
 def test_parse_number_refuses(text):
     assert parse_number(text) is None
