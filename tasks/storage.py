@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import types
 import typing
@@ -34,10 +33,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mathfactory.tasks import scratch
 from mathfactory.tasks.core.records import RENAMED, SCHEMA_VERSION, Quarantined
 
 R = TypeVar("R")
 MARKER = "_SUCCESS.json"
+TMP = "_tmp-"  # a file being written: `_tmp-{host}.{pid}-{uuid}`, renamed when whole (readers skip `_` names)
 SKIPPED = "_SKIPPED.json"  # an optional stage whose inputs could not make it: why (tasks/core/skips.py)
 SECRET_ENV = "MATHFACTORY_STORAGE_SECRET"
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
@@ -239,6 +240,14 @@ class Lake:
     def _num_rows(self, path: str) -> int:
         with self.fs.open(path, "rb") as f:
             return pq.ParquetFile(f).metadata.num_rows
+
+    def sweep(self, run_id: str) -> int:
+        """Remove the temporary files that killed processes of this host left in a local run (a SIGKILL skips
+        their clean-up; a remote store never holds one: files are spooled locally); how many."""
+        if not _is_local(self.fs):
+            return 0
+        folders = {p.parent for p in Path(self.root, "runs", run_id).glob(f"**/{TMP}*")}
+        return sum(len(scratch.sweep(f, TMP)) for f in folders)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -475,7 +484,8 @@ def fetch_dir(url: str, **storage_options: Any) -> Path:
     if not (dest / ".complete").exists():
         if not fs.isdir(path):
             raise DataError(f"{url}: no such directory")
-        tmp = cache / f"_tmp-{uuid.uuid4().hex}"
+        scratch.sweep(cache, TMP)  # downloads a killed process left half done
+        tmp = cache / f"{TMP}{scratch.owner()}-{uuid.uuid4().hex}"
         fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
         (tmp / ".complete").touch()
         if dest.exists():  # another process finished first; its copy is as good as ours
@@ -493,7 +503,7 @@ def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callab
         # An fsspec file publishes on close, and `with` closes it even when `write` raised (memory:// even
         # publishes on open), leaving a valid but short part that a retry would take for a finished shard.
         # So spool locally and upload only a complete file (one PUT, or a multipart upload s3fs aborts on error).
-        with tempfile.TemporaryDirectory(prefix="mathfactory-") as spool:
+        with scratch.scratch("spool") as spool:
             tmp = os.path.join(spool, path.rsplit("/", 1)[1])
             with open(tmp, "wb") as f:
                 write(f)
@@ -501,7 +511,7 @@ def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callab
                 before_publish(tmp)
             fs.put_file(tmp, path)
         return
-    tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{uuid.uuid4().hex}"
+    tmp = f"{path.rsplit('/', 1)[0]}/{TMP}{scratch.owner()}-{uuid.uuid4().hex}"
     try:
         with fs.open(tmp, "wb") as f:
             write(f)
