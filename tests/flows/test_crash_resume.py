@@ -243,12 +243,23 @@ class Attempt:
         return self.began
 
 
-def start(env: dict, lake: Path, log: Path) -> Attempt:
+@pytest.fixture
+def launched() -> list[subprocess.Popen]:
+    """The attempts started; one still running when the test ends (failed, timed out) is killed with its tree."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            kill_tree(proc)
+
+
+def start(env: dict, lake: Path, log: Path, launched: list[subprocess.Popen]) -> Attempt:
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mathfactory.flows.cli", "run", "--preset", str(TINY_PRESET),
                                  "--lake", str(lake), *(a for s in SETS for a in ("--set", s))],
                                 env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    launched.append(proc)
     return Attempt(proc, log, time.monotonic())
 
 
@@ -343,7 +354,7 @@ def weights(run_dir: Path, stage: str) -> str:
     return hashlib.sha256((run_dir / stage / "model" / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
-def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_runs_datasets(server, tmp_path):
+def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_runs_datasets(server, launched, tmp_path):
     seed = int(os.environ.get("CRASH_SEED", random.SystemRandom().randrange(10_000)))
     rng = random.Random(seed)
     print(f"\ncrash-resume: CRASH_SEED={seed}")
@@ -354,9 +365,9 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_runs_datase
     # The uninterrupted run: the datasets to equal, and the timeline the kills are drawn over.
     ref_dir = tmp_path / "reference" / "runs" / run_id
     with Watcher(ref_dir) as w:
-        a = start(env, tmp_path / "reference", tmp_path / "reference.log")
+        a = start(env, tmp_path / "reference", tmp_path / "reference.log", launched)
         w.attempt = a
-        assert a.proc.wait(600) == 0, a.log.read_text()[-4000:]
+        assert a.proc.wait() == 0, a.log.read_text()[-4000:]
         ended = time.monotonic()
         time.sleep(5 * POLL_S)
     timeline = Timeline.measure(w, a, ended)
@@ -376,7 +387,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_runs_datase
                 continue
             share = rng.uniform(0.05, 0.95)
             delay = share * timeline.length(stage, phase)
-            a = start(env, lake, tmp_path / f"attempt-{n}.log")
+            a = start(env, lake, tmp_path / f"attempt-{n}.log", launched)
             w.attempt = a
             while a.proc.poll() is None:
                 t0 = anchor(stage, phase, w, a)
@@ -395,9 +406,9 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_runs_datase
             else:
                 assert a.proc.returncode == 0, a.log.read_text()[-4000:]
                 print(f"kill {n}: aimed at {stage} {phase}: the attempt finished first")
-        a = start(env, lake, tmp_path / "final.log")
+        a = start(env, lake, tmp_path / "final.log", launched)
         w.attempt = a
-        assert a.proc.wait(600) == 0, a.log.read_text()[-4000:]
+        assert a.proc.wait() == 0, a.log.read_text()[-4000:]
         time.sleep(5 * POLL_S)
     print(f"{len(kills)} kills and {len(kills) + 1} attempts in {time.monotonic() - started:.0f} s; the watcher read "
           f"{w.reads} files")
