@@ -22,6 +22,7 @@ from mathfactory.tasks.pairs import SETS
 from mathfactory.tasks.policy import POLICY
 from mathfactory.tasks.problems import PROBLEMS
 from mathfactory.tasks.sample import ROLLOUTS
+from mathfactory.tasks.scratch import sweep
 from mathfactory.tasks.stage import Run, logger, skipped
 from mathfactory.tasks.train import SPECS as TRAININGS
 from mathfactory.tasks.train import stage_name
@@ -45,6 +46,10 @@ def pipeline(config: FactoryConfig | None = None, date: str | None = None, train
     run = Run(lake=config.lake, run_id=config.run_id(date), seed=config.seed_for(date), grading=config.verify)
     log = logger()
     log.info("run %s in %s", run.run_id, run.lake)
+    # A resumed run first removes what killed runs on this host left: scratch folders (a model being trained),
+    # half-written files in a local lake.
+    if swept := len(sweep()) + run.store.sweep(run.run_id):
+        log.info("removed %d temporary files and folders of killed runs", swept)
     uris: dict[str, str] = {}
 
     if config.problems.source == "synthesizer":

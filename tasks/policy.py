@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from mathfactory.tasks.core import formatting
 from mathfactory.tasks.core.records import Problem
 from mathfactory.tasks.models.config import TinyConfig
 from mathfactory.tasks.problems import PROBLEMS
+from mathfactory.tasks.scratch import scratch
 from mathfactory.tasks.stage import Run, StageSpec
 from mathfactory.tasks.storage import fetch_dir
 from mathfactory.tasks.trainer import TrainJob, check_model_dir, launch, write_rows
@@ -68,7 +68,7 @@ def policy(cfg: PolicyConfig, run: Run, out_dir: Path) -> dict[str, Any]:
         check_model_dir(fetch_dir(cfg.pretrained), "policy.pretrained", cfg.pretrained, ("config.json", "tokenizer"))
         return {"pretrained": cfg.pretrained}
     problems = [p for p in run.read(PROBLEMS) if p.split == "train"]
-    with tempfile.TemporaryDirectory(prefix="mathfactory-policy-") as tmp:
+    with scratch("policy") as tmp:
         # The one training entry point, in its own process like every trainer (tasks/trainer.py).
         data = write_rows(Path(tmp) / "problems.jsonl", sft_rows(problems))
         base = str(run.store.model(cfg.base)) if cfg.base else None

@@ -22,7 +22,6 @@ import importlib
 import json
 import logging
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +36,7 @@ from mathfactory.tasks.core.card import SetFacts, dataset_card
 from mathfactory.tasks.core.records import Quarantined, derive_seed
 from mathfactory.tasks.core.skips import Skip
 from mathfactory.tasks.judge import Grading
+from mathfactory.tasks.scratch import scratch
 from mathfactory.tasks.storage import Lake, Where, hf_features
 
 _GATE_REASON = re.compile(r"^([a-z_]+): ")
@@ -275,7 +275,7 @@ def write_model(spec: StageSpec, cfg: Any, run: Run) -> dict:
     if metrics is not None:
         logger().info("%s: the model landed earlier, kept", spec.name)
         return metrics
-    with tempfile.TemporaryDirectory(prefix=f"mathfactory-{spec.name}-") as tmp:
+    with scratch(spec.name) as tmp:
         metrics = spec.compute(cfg, run, Path(tmp))
         if any(Path(tmp).iterdir()):  # a referenced model (policy.pretrained) writes nothing
             lake.put_dir(tmp, run.run_id, spec.name)

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import types
 import typing
@@ -37,12 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mathfactory.tasks import scratch
 from mathfactory.tasks.core.records import RENAMED, SCHEMA_VERSION, Quarantined
 
 R = TypeVar("R")
 Where = tuple[str, Collection[Any]]  # (column, values): keep the rows whose column holds one of the values
 MARKER = "_SUCCESS.json"
 FILTER_BATCH = 16_384  # rows per Arrow batch when a read filters (see Lake.read)
+TMP = "_tmp-"  # a file being written: `_tmp-{host}.{pid}-{uuid}`, renamed when whole (readers skip `_` names)
 SKIPPED = "_SKIPPED.json"  # an optional stage whose inputs could not make it: why (tasks/core/skips.py)
 SECRET_ENV = "MATHFACTORY_STORAGE_SECRET"
 _CONTENTS = ("record", "rows", "parts", "quarantined", "schema_version", "config_hash")  # what a marker vouches for
@@ -275,6 +276,14 @@ class Lake:
         with self.fs.open(path, "rb") as f:
             return pq.ParquetFile(f).metadata.num_rows
 
+    def sweep(self, run_id: str) -> int:
+        """Remove the temporary files that killed processes of this host left in a local run (a SIGKILL skips
+        their clean-up; a remote store never holds one: files are spooled locally); how many."""
+        if not _is_local(self.fs):
+            return 0
+        folders = {p.parent for p in Path(self.root, "runs", run_id).glob(f"**/{TMP}*")}
+        return sum(len(scratch.sweep(f, TMP)) for f in folders)
+
     # -- reading ---------------------------------------------------------------------------------------
 
     def marker(self, run_id: str, stage: str) -> dict | None:
@@ -413,7 +422,7 @@ class Lake:
         # run of the same run id at the same time may be reading the directory, and must never miss a file of it.
         for path in self.fs.find(dest):
             name = path.removeprefix(f"{dest}/")
-            if name not in names and not name.rsplit("/", 1)[-1].startswith("_tmp-"):
+            if name not in names and not name.rsplit("/", 1)[-1].startswith(TMP):
                 self.fs.rm(path)
         return dest
 
@@ -560,7 +569,8 @@ def fetch_dir(url: str, **storage_options: Any) -> Path:
     if not (dest / ".complete").exists():
         if not fs.isdir(path):
             raise DataError(f"{url}: no such directory")
-        tmp = cache / f"_tmp-{uuid.uuid4().hex}"
+        scratch.sweep(cache, TMP)  # downloads a killed process left half done
+        tmp = cache / f"{TMP}{scratch.owner()}-{uuid.uuid4().hex}"
         fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
         (tmp / ".complete").touch()
         if dest.exists():  # another process finished first; its copy is as good as ours
@@ -580,7 +590,7 @@ def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callab
         # An fsspec file publishes on close, and `with` closes it even when `write` raised (memory:// even
         # publishes on open), leaving a valid but short part that a retry would take for a finished shard.
         # So spool locally and upload only a complete file (one PUT, or a multipart upload s3fs aborts on error).
-        with tempfile.TemporaryDirectory(prefix="mathfactory-") as spool:
+        with scratch.scratch("spool") as spool:
             tmp = os.path.join(spool, path.rsplit("/", 1)[1])
             with open(tmp, "wb") as f:
                 write(f)
@@ -588,7 +598,7 @@ def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callab
                 before_publish(tmp)
             fs.put_file(tmp, path, **({"mode": "create"} if exclusive else {}))
         return
-    tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{uuid.uuid4().hex}"
+    tmp = f"{path.rsplit('/', 1)[0]}/{TMP}{scratch.owner()}-{uuid.uuid4().hex}"
     try:
         with fs.open(tmp, "wb") as f:
             write(f)

@@ -7,7 +7,6 @@ is measured with it. Round 2 continues it on the distillation of the selected se
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from mathfactory.tasks.core.records import TeacherCall
 from mathfactory.tasks.distill import SPECS as DISTILLED
 from mathfactory.tasks.distill import stage_name as kd_stage
 from mathfactory.tasks.models.config import TinyConfig
+from mathfactory.tasks.scratch import scratch
 from mathfactory.tasks.stage import Run, StageSpec
 from mathfactory.tasks.storage import fetch_dir
 from mathfactory.tasks.trainer import TrainJob, check_size, launch, recipe, write_rows
@@ -67,7 +67,7 @@ def _round(round: int):
         else:
             trainer, init, args = "scratch", None, cfg.tiny.model_dump(mode="json")
         check_size(dataset, len(rows), args.get("batch_size") or args.get("per_device_train_batch_size", 8))
-        with tempfile.TemporaryDirectory(prefix=f"mathfactory-{STAGES[round]}-") as tmp:
+        with scratch(STAGES[round]) as tmp:
             job = TrainJob(trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(out_dir), dataset,
                            str(init) if init else None, args)
             metrics = launch(job)

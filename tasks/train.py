@@ -7,7 +7,6 @@ which is also their reference; RFT-family ones from pi_sft or `train.base`.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from mathfactory.tasks.core.methods import TRAINED
 from mathfactory.tasks.core.skips import Skip, too_few_rows
 from mathfactory.tasks.pairs import SETS
 from mathfactory.tasks.policy import POLICY, policy_dir, policy_ref
+from mathfactory.tasks.scratch import scratch
 from mathfactory.tasks.stage import Run, StageSpec
 from mathfactory.tasks.trainer import TrainJob, check_size, launch, recipe, write_rows
 
@@ -92,7 +92,7 @@ def _trainer(method: str):
         # Checked here too, so a set that is too small fails before a process starts.
         check_size(" + ".join(uris), len(rows), min_rows(cfg, method))
         init = run.store.model(cfg.base) if from_base(cfg, method) else policy_dir(run)
-        with tempfile.TemporaryDirectory(prefix=f"mathfactory-{method}-") as tmp:
+        with scratch(method) as tmp:
             job = TrainJob(methods.method(method).trainer, write_rows(Path(tmp) / "rows.jsonl", rows), str(out_dir),
                            " + ".join(uris), str(init), args)
             metrics = launch(job, cfg.num_processes)
