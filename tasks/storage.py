@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import types
 import typing
@@ -242,7 +243,7 @@ class Lake:
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **meta,
         }
-        earlier = self.marker(run_id, stage)
+        earlier = self._settled_marker(run_id, stage)
         if earlier is None:
             if before_marker is not None:
                 before_marker(marker)
@@ -253,8 +254,19 @@ class Lake:
                 return marker
             except FileExistsError:  # another run won the race (or our own PUT whose answer was lost)
                 self.fs.invalidate_cache(self.stage_path(run_id, stage))  # listed before it was there
-                earlier = self.marker(run_id, stage)
+                earlier = self._settled_marker(run_id, stage)
         return self._agreed(run_id, stage, earlier, marker)
+
+    def _settled_marker(self, run_id: str, stage: str, tries: int = 20) -> dict | None:
+        """The marker, waiting out another committer's write in progress: a store that publishes a file on open
+        (memory://) shows a marker being created empty for a moment; local and S3 creates are atomic."""
+        for attempt in range(tries):
+            try:
+                return self.marker(run_id, stage)
+            except DataError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.05)
 
     def _agreed(self, run_id: str, stage: str, earlier: dict, marker: dict) -> dict:
         """The marker already there, if it says the stage holds what `marker` would have said."""
@@ -580,6 +592,9 @@ def fetch_dir(url: str, **storage_options: Any) -> Path:
     return dest
 
 
+_IN_PROCESS = threading.Lock()
+
+
 def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callable[[typing.BinaryIO], None],
                   before_publish: typing.Callable[[str], None] | None = None, exclusive: bool = False) -> None:
     """Make `path` appear whole or not at all; `before_publish` gets the finished file's local path first.
@@ -596,7 +611,13 @@ def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: typing.Callab
                 write(f)
             if before_publish is not None:
                 before_publish(tmp)
-            fs.put_file(tmp, path, **({"mode": "create"} if exclusive else {}))
+            if exclusive and "memory" in fs.protocol:
+                with _IN_PROCESS:  # memory:// lives in this process: a lock makes its check-and-create one step
+                    if fs.exists(path):
+                        raise FileExistsError(path)
+                    fs.put_file(tmp, path)
+            else:
+                fs.put_file(tmp, path, **({"mode": "create"} if exclusive else {}))
         return
     tmp = f"{path.rsplit('/', 1)[0]}/{TMP}{scratch.owner()}-{uuid.uuid4().hex}"
     try:
