@@ -9,7 +9,11 @@ from mathfactory.tasks.engines import OpenAIOptions, TransformersOptions, VLLMOp
 
 def test_toy_preset_is_the_default_config():
     assert "toy" in preset_names()
-    assert load_preset("toy").model_dump(exclude={"lake"}) == FactoryConfig().model_dump(exclude={"lake"})
+    toy = load_preset("toy")
+    assert toy.model_dump(exclude={"lake", "runner"}) == FactoryConfig().model_dump(exclude={"lake", "runner"})
+    # Only where shards run differs: the CPU preset runs two at once, the field's default one (a GPU's engine).
+    assert toy.runner.max_workers == 2 and FactoryConfig().runner.max_workers == 1
+    assert toy.config_hash() == FactoryConfig().config_hash()
 
 
 def test_run_id_depends_on_data_not_on_where_the_lake_is():
