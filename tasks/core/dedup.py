@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasketch import LeanMinHash
 
 from mathfactory.tasks.core.gates import NearDuplicates, normalize
 from mathfactory.tasks.core.records import ProblemSketch
+
+if TYPE_CHECKING:
+    from datasketch import LeanMinHash
 
 # A dated run's id: {name}-{YYYY-MM-DD}-{config hash} (flows/config.py:FactoryConfig.run_id).
 DATED_RUN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]*)-(?P<date>\d{4}-\d{2}-\d{2})-[0-9a-f]{8}$")

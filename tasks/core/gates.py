@@ -12,9 +12,12 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+if TYPE_CHECKING:  # datasketch is imported where a gate is built: it costs ~1 s, and the own-files commands
+    from datasketch import LeanMinHash  # reach this module without deduplicating anything
 
 _NOT_WORD = re.compile(r"[\W_]+")
 _BASE = 0x9E3779B97F4A7C15  # odd, so invertible mod 2^64: every word position counts, windows can be shifted
@@ -143,7 +146,10 @@ class NearDuplicates:
         num_perm: sketch length (64: Jaccard estimated to about +-0.05, 4x lighter than datasketch's 256 default).
         shingle: words per shingle (3: one changed word breaks 3 shingles, templated problems still differ).
         seed: permutation seed; equal seeds give equal sketches across runs and machines."""
+        from datasketch import LeanMinHash, MinHash, MinHashLSH
+
         self.threshold, self.num_perm, self.shingle, self.seed = threshold, num_perm, shingle, seed
+        self._lean = LeanMinHash
         # LSH only proposes candidates and each is checked against its sketch, so tune it for recall: weights
         # (false positives 0.1, false negatives 0.9) give 9 bands of 7 rows at 64 perms, which propose a pair at
         # Jaccard 0.8 88 % of the time, at 0.9 always; datasketch's even weights (5 x 11) proposed it 36 % / 85 %.
@@ -161,7 +167,7 @@ class NearDuplicates:
         size = max(1, min(self.shingle, len(words)))
         minhash = self._empty.copy()
         minhash.update_batch({" ".join(g).encode() for g in _grams(words, size)})
-        return LeanMinHash(minhash)
+        return self._lean(minhash)
 
     def similar(self, sketch: LeanMinHash) -> list[tuple[str, float]]:
         """Every kept text at least `threshold` similar to `sketch` as (key, estimated Jaccard), the most similar
@@ -176,7 +182,7 @@ class NearDuplicates:
 
     def restore(self, hashvalues: list[int]) -> LeanMinHash:
         """A sketch from its stored hash values (drawn with this instance's permutations)."""
-        return LeanMinHash(seed=self.seed, hashvalues=np.array(hashvalues, self._empty.hashvalues.dtype),
+        return self._lean(seed=self.seed, hashvalues=np.array(hashvalues, self._empty.hashvalues.dtype),
                            scheme=self._empty.scheme)
 
     def kept(self, key: str) -> LeanMinHash:
