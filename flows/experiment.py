@@ -244,10 +244,13 @@ def experiment(config: ExperimentConfig | None = None) -> dict:
                "fit": fit}
     if config.axis == "sft_steps":
         summary["checkpoints"] = checkpoints(lake, cells)
-    largest = cells[(max(config.values), config.seeds[0])]
-    if config.q_problems and complete:
-        summary["q_values"] = q_values(lake, config, cell_config(config, max(config.values), config.seeds[0], base),
-                                       largest, summary["methods"])
+    largest_key = (max(config.values), config.seeds[0])
+    largest = cells[largest_key]
+    # Figure 7 on the largest cell: every method trained there, also one skipped in a smaller cell for want of
+    # pairs (at small |D_syn| a memorizing pi_sft has no wrong samples to pair).
+    in_largest = display_order({m for m, per in results.items() if largest_key in per})
+    if config.q_problems and in_largest:
+        summary["q_values"] = q_values(lake, config, cell_config(config, *largest_key, base), largest, in_largest)
     try:
         summary["diagnostics"] = diagnostics(lake, largest, base)
     except Exception as e:  # noqa: BLE001 - a cell without an RFT set still gets its report
