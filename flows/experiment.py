@@ -208,6 +208,14 @@ def q_values(lake: Lake, cfg: ExperimentConfig, cell: FactoryConfig, run_id: str
     return done
 
 
+def fitted_cells(cells: dict, seeds: list[int]) -> dict | None:
+    """A method's cells at the sizes where it was evaluated for every seed (the bootstrap pairs problems and seeds
+    across cells), if there are two sizes to fit: per-step DPO has no pairs where a memorizing pi_sft samples no
+    wrong answers (the smallest cells), and is fitted and read where it has them. None: too few to fit."""
+    sizes = {size for size, _ in cells if all((size, seed) in cells for seed in seeds)}
+    return {k: c for k, c in cells.items() if k[0] in sizes} if len(sizes) >= 2 else None
+
+
 def experiment_name() -> str:
     """The flow run's name: `experiment-{name}`; each cell's pipeline run carries its run id."""
     return f"experiment-{ExperimentConfig.model_validate(flow_run.parameters.get('config') or {}).name}"
@@ -232,15 +240,14 @@ def experiment(config: ExperimentConfig | None = None) -> dict:
                 failed[f"{value}/{seed}"] = f"{type(e).__name__}: {e}"
                 log.error("cell %s=%d seed=%d (%s) failed: %s", config.axis, value, seed, cells[(value, seed)], e)
     results, cost = collect(lake, cells)
-    # The bootstrap pairs problems and seeds across cells, so it takes the methods evaluated in every cell.
-    complete = {m: v for m, v in results.items() if set(v) == set(cells)}
-    fit = scaling.bootstrap(complete, config.multiplier_at or config.values, n_boot=config.bootstrap) \
-        if "sft" in complete else None
+    fitted = {m: v for m in results if (v := fitted_cells(results[m], config.seeds))}
+    fit = scaling.bootstrap(fitted, config.multiplier_at or config.values, n_boot=config.bootstrap) \
+        if "sft" in fitted and set(fitted["sft"]) == set(cells) else None
     summary = {"name": config.name, "config": config.model_dump(mode="json"), "base": base, "failed": failed,
                "runs": {f"{s}/{seed}": r for (s, seed), r in cells.items()}, **cost,
-               "methods": display_order(set(complete)), "partial": sorted(set(results) - set(complete)),
+               "methods": display_order(set(fitted)), "partial": sorted(set(results) - set(fitted)),
                "partial_pass": {m: {f"{v}/{s}": float(c.mean()) for (v, s), c in results[m].items()}
-                                for m in set(results) - set(complete)},
+                                for m in set(results) - set(fitted)},
                "fit": fit}
     if config.axis == "sft_steps":
         summary["checkpoints"] = checkpoints(lake, cells)

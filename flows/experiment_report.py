@@ -25,7 +25,6 @@ def scaling_png(summary: dict) -> bytes:
     law (the paper's Figures 2 and 5)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    sizes = sorted(summary["config"]["sizes"])
     for method in summary["methods"]:
         fit = summary["fit"]["methods"][method]
         xs = sorted(fit["error"], key=float)
@@ -34,7 +33,8 @@ def scaling_png(summary: dict) -> bytes:
                [fit["error_ci"][x][1] - y for x, y in zip(xs, ys, strict=True)]]
         line = ax.errorbar([float(x) for x in xs], ys, yerr=err, fmt="o", capsize=3,
                            label=f"{method} (b={_fmt(fit['b'])})")
-        grid = [sizes[0] * (sizes[-1] / sizes[0]) ** (i / 40) for i in range(41)]
+        lo, hi = float(xs[0]), float(xs[-1])  # the fitted line only where the method was evaluated
+        grid = [lo * (hi / lo) ** (i / 40) for i in range(41)]
         ax.plot(grid, [fit["a"] * x ** -fit["b"] for x in grid], "-", color=line[0].get_color(), alpha=0.7)
     ax.set(xscale="log", yscale="log", xlabel="|D_syn| (problems)", ylabel="test error (1 - greedy pass@1)",
            title=f"{summary['name']}: test error vs synthetic data")
@@ -144,7 +144,7 @@ def tables(summary: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     if fit:
         rows = [[m, *([_interval(f["b"], *f["b_ci"])] if sizes else []),
                  *(_interval(1 - f["error"][v], 1 - f["error_ci"][v][1], 1 - f["error_ci"][v][0], ".1%")
-                   for v in values)] for m in summary["methods"] if (f := fit["methods"][m])]
+                   if v in f["error"] else "-" for v in values)] for m in summary["methods"] if (f := fit["methods"][m])]
         out["Greedy pass@1" + (" and the fitted exponent b (error = a * D^-b)" if sizes else "")
             + ", with 95 % bootstrap intervals"] = (
             ["method", *(["exponent b"] if sizes else []), *(f"{label} {v}" for v in values)], rows)
@@ -163,7 +163,7 @@ def tables(summary: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
         at = [str(s) for s in (summary["config"]["multiplier_at"] or values)]
         rows = [[m, *(_interval(f["multiplier"][s], *f["multiplier_ci"][s])
                       + (f" [{f['multiplier_finite'][s]:.0%} finite]" if f["multiplier_finite"][s] < 1 else "")
-                      for s in at)]
+                      if s in f["multiplier"] else "-" for s in at)]
                 for m in summary["methods"] if "multiplier" in (f := fit["methods"][m])]
         out["Data multipliers vs SFT: how many times more D_syn the SFT fit needs for the method's error"] = (
             ["method", *(f"at |D_syn|={s}" for s in at)], rows)

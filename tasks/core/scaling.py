@@ -137,8 +137,9 @@ def bootstrap(results: Results, sizes: float | Sequence[float], *, baseline: str
     """Point estimates from the full data and percentile intervals from a paired bootstrap: each replicate draws
     problems and seeds with replacement, the same draw for every cell, and refits every method. Per method: a,
     b, b_ci, r2, error / error_ci per size; per other method also multiplier / multiplier_ci / multiplier_finite
-    (the fraction of finite replicates) at each of `sizes`, and gain / gain_ci, its paired pass@1 gain over the
-    baseline at each size both were evaluated at."""
+    (the fraction of finite replicates) at each of `sizes` within the sizes it was evaluated at (a method with no
+    pairs in the smallest cells has no fit there to read a multiplier from), and gain / gain_ci, its paired
+    pass@1 gain over the baseline at each size both were evaluated at."""
     if baseline not in results:
         raise ValueError(f"no {baseline!r} among methods {sorted(results)}: multipliers are relative to it")
     if n_boot < 1 or not 0 < level < 1:
@@ -174,8 +175,9 @@ def bootstrap(results: Results, sizes: float | Sequence[float], *, baseline: str
         both = [s for s in d if s in base_d]
         row["gain"] = {s: base_row["error"][s] - row["error"][s] for s in both}
         row["gain_ci"] = {s: _interval(sft_errors[:, base_d.index(s)] - errors[:, d.index(s)], level) for s in both}
-        reps = {s: _multipliers(sft_a, sft_b, a * float(s) ** -b, float(s)) for s in at}
-        row["multiplier"] = {s: multiplier(sft, fits[method], s) for s in at}
+        inside = [s for s in at if min(d) <= float(s) <= max(d)]
+        reps = {s: _multipliers(sft_a, sft_b, a * float(s) ** -b, float(s)) for s in inside}
+        row["multiplier"] = {s: multiplier(sft, fits[method], s) for s in inside}
         row["multiplier_ci"] = {s: _interval(r, level) for s, r in reps.items()}
         row["multiplier_finite"] = {s: float(np.isfinite(r).mean()) for s, r in reps.items()}
     return out

@@ -240,3 +240,18 @@ def test_gain_is_the_paired_pass_at_1_difference_with_an_interval_that_pairs_pro
     out = bootstrap({"sft": sft, "rft": rft}, [20], n_boot=200)["methods"]["rft"]
     assert out["gain"] == pytest.approx({10: 0.1, 20: 0.1, 40: 0.1})
     assert all(lo <= 0.1 <= hi and hi - lo < 0.14 for lo, hi in out["gain_ci"].values())
+
+
+def test_a_method_missing_the_smallest_sizes_gets_multipliers_and_gains_only_where_it_was_evaluated():
+    # dpo had no pairs at |D_syn| = 1000 (a memorizing pi_sft samples no wrong answers there): it is fitted on the
+    # two sizes it has, and read at them; extrapolating its two-point line down to 1000 would invent a number.
+    rng = np.random.default_rng(2)
+    results = simulate(rng, n=300, seeds=1)
+    del results["dpo"][(1000, 0)]
+    out = bootstrap(results, list(SIZES), n_boot=100)["methods"]
+    assert set(out["dpo"]["multiplier"]) == set(out["dpo"]["multiplier_ci"]) == {2000, 4000}
+    assert set(out["dpo"]["gain"]) == {2000, 4000} and set(out["rft"]["multiplier"]) == set(SIZES)
+    # On its own two sizes the line passes through both points: the multiplier is SFT's fit inverted at the
+    # method's observed error.
+    sft = fit_power_law(SIZES, [out["sft"]["error"][s] for s in SIZES], n=300)
+    assert out["dpo"]["multiplier"][4000] == pytest.approx(float(sft.inverse(out["dpo"]["error"][4000])) / 4000)

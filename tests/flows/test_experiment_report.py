@@ -7,7 +7,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from mathfactory.flows.experiment import ExperimentConfig, cell_config
+from mathfactory.flows.experiment import ExperimentConfig, cell_config, fitted_cells
 from mathfactory.flows.experiment_report import from_checkpoints_png, q_png, render, scaling_png, tables
 from mathfactory.tasks.core.scaling import bootstrap
 
@@ -63,6 +63,27 @@ def test_a_method_missing_from_a_cell_is_reported_where_it_was_trained():
     assert headers == ["method", "SFT steps/seed 100/0", "SFT steps/seed 100/1", "SFT steps/seed 400/0",
                        "SFT steps/seed 400/1"]
     assert rows == [["rft", "-", "12.5%", "25.0%", "50.0%"]]
+
+
+def test_a_method_without_the_smallest_cells_is_fitted_and_read_where_it_was_trained():
+    # The toy sweep's per-step DPO: no pairs at the smallest |D_syn| (pi_sft got every sample right there).
+    rng = np.random.default_rng(0)
+    hard = rng.random(200)
+    results = {m: {(v, s): hard < 0.2 + 0.1 * i + lift for i, v in enumerate((64, 256, 1024)) for s in (0,)
+                   if m == "sft" or v > 64} for m, lift in (("sft", 0.0), ("step_dpo", 0.1))}
+    cells = {(v, 0): f"r{v}" for v in (64, 256, 1024)}
+    assert fitted_cells(results["step_dpo"], [0]) == results["step_dpo"]
+    assert fitted_cells({(1024, 0): hard < 0.5}, [0]) is None  # one size: nothing to fit
+    assert fitted_cells({**results["step_dpo"], (1024, 1): hard < 0.5}, [0, 1]) is None  # 256 lacks seed 1
+    summary = _summary("size", [64, 256, 1024])
+    summary["fit"] = json.loads(json.dumps(bootstrap(results, [64, 256, 1024], n_boot=50)))
+    summary["runs"] = {f"{v}/{s}": r for (v, s), r in cells.items()}
+    t = tables(summary)
+    (_, passes), = (v for title, v in t.items() if title.startswith("Greedy pass@1"))
+    assert passes[1][0] == "step_dpo" and passes[1][2] == "-" and passes[1][3].startswith(f"{np.mean(hard < 0.4):.1%} (")
+    (_, mults), = (v for title, v in t.items() if title.startswith("Data multipliers"))
+    assert mults == [["step_dpo", "-", mults[0][2], mults[0][3]]] and mults[0][3] != "-"
+    assert scaling_png(summary).startswith(b"\x89PNG")
 
 
 def test_q_values_are_tabled_per_method_and_step():
