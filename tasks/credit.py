@@ -53,6 +53,10 @@ class CreditConfig(BaseModel):
     round_size: int = Field(2, ge=1, description="scan/binary: continuations per probe of a step; a probe stops "
                             "at the first verified one, so smaller rounds save continuations but take more rounds.")
     max_steps: int = Field(16, ge=1, description="Rollouts with more steps are not credited (counted).")
+    unsolved: bool = Field(True, description="Also credit the wrong rollouts of questions none of the policy's "
+                           "samples solved (Q_0 = 0). Their Q is mostly 0 from step 1, so their pit is step 1 by "
+                           "construction; False keeps per-step credit to the questions with near-misses, where a "
+                           "pit is a step the policy could have avoided (counted as not credited: `unsolved`).")
     problems: int | None = Field(64, ge=1, description="Credit the rollouts of the first N train problems only "
                                  "(None: all): credit costs ~M continuations per step and rollout. Every training "
                                  "set built from the policy's samples is restricted to these same problems.")
@@ -113,9 +117,12 @@ def step_credit(cfg: CreditConfig, run: Run, shard: int, meter: Meter) -> list[S
     """Shard `shard`: the rollouts of its problems, credited; a rollout that cannot be is refused with why."""
     problems, verdicts, rollouts = shard_inputs(cfg, run, shard)
     by_id = {r.rollout_id: r for r in rollouts}
-    wrong, right = [], []
+    wrong, right, unsolved = [], [], 0
     for t in targets(rollouts, verdicts, {p: problems[p].source for p in problems}, cfg):
         if t.correct and not cfg.positives:
+            continue
+        if not (t.correct or t.n_solved or cfg.unsolved):  # a choice, not a fault: counted, not quarantined
+            unsolved += 1
             continue
         if why := mc.uncreditable(t, cfg.max_steps):
             meter.refuse(t.rollout_id, why, by_id[t.rollout_id].completion)
@@ -126,7 +133,7 @@ def step_credit(cfg: CreditConfig, run: Run, shard: int, meter: Meter) -> list[S
     with run.grading.judge() as judge:
         rows, counts = monte_carlo(cfg, engine, judge, wrong, right, solutions,
                                    lambda *round_k: run.seed_for(shard, *round_k), f"credit shard {shard}")
-    meter.add(**counts)
+    meter.add(**counts, skipped={"unsolved": unsolved} if unsolved else {})
     return rows
 
 
@@ -185,7 +192,7 @@ def _summarize(cfg: CreditConfig, run: Run, shards: list[dict]) -> dict:
     total = summed(cfg, run, shards)
     return {"style": cfg.style, "strategy": cfg.strategy, "pit": cfg.pit, "m": cfg.m, "k": cfg.k,
             "problems_limit": cfg.problems, **{k: total.get(k, 0) for k in mc.TALLY},
-            "not_credited": total.get("refused", {}), "rounds": total.get("rounds", 0),
+            "not_credited": {**total.get("refused", {}), **total.get("skipped", {})}, "rounds": total.get("rounds", 0),
             "tokens": total.get("tokens", 0), "tokens_per_s": total.get("tokens_per_s")}
 
 

@@ -173,19 +173,19 @@ def credit_config(served: Served, **kw) -> CreditConfig:
 
 @pytest.fixture(scope="module")
 def runs(world, served, tmp_path_factory) -> Callable[..., Finished]:
-    """runs(strategy, positives=True, teacher="exact", m=M, problems=None) -> the finished run, each done once per
-    module."""
+    """runs(strategy, positives=True, teacher="exact", m=M, problems=None, unsolved=True) -> the finished run, each
+    done once per module."""
     lake = str(tmp_path_factory.mktemp("lake"))
     done: dict[tuple, Finished] = {}
 
     def get(strategy: str, positives: bool = True, teacher: str = "exact", m: int = M,
-            problems: int | None = None) -> Finished:
-        key = (strategy, positives, teacher, m, problems)
+            problems: int | None = None, unsolved: bool = True) -> Finished:
+        key = (strategy, positives, teacher, m, problems, unsolved)
         if key not in done:
             run_id = "-".join(map(str, key))
             seed_run(lake, run_id, world)
             s = served[teacher]
-            cfg = credit_config(s, strategy=strategy, positives=positives, m=m, problems=problems)
+            cfg = credit_config(s, strategy=strategy, positives=positives, m=m, problems=problems, unsolved=unsolved)
             seen, tokens = len(s.record.bodies), s.record.completion_tokens
             run = Run(lake=lake, run_id=run_id, seed=SEED)
             build(CREDIT, cfg, run)

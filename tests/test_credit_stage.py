@@ -184,6 +184,17 @@ def test_the_stage_counts_what_the_server_served(runs, world, strategy):
     assert (metrics["strategy"], metrics["pit"], metrics["m"], metrics["k"]) == (strategy, "first_zero", M, 1)
 
 
+def test_unsolved_false_leaves_out_exactly_the_never_solved_questions_rollouts(runs, world):
+    every, solved = runs("linear"), runs("linear", unsolved=False)
+    left_out = {r.rollout_id for r in world.of(world.unsolved)} - {world.empty}
+    assert left_out and set(every.credits) - set(solved.credits) == left_out
+    assert {k: every.credits[k] for k in solved.credits} == solved.credits  # the rest credited as before
+    assert solved.marker("credit")["metrics"]["not_credited"] == {"no_steps": 1, "unsolved": len(left_out)}
+    assert solved.marker("credit")["metrics"]["unsolved"] == 0
+    for name in ("dpo_step_cut", "dpo_step_prefix"):
+        assert solved.datasets[name] and not {p.rejected_rollout_id for p in solved.datasets[name]} & left_out
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_empty_and_test_rollouts_are_not_credited_unsolved_ones_are(runs, world, strategy):
     run = runs(strategy)
