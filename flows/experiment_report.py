@@ -9,6 +9,7 @@ import io
 import json
 import re
 
+from mathfactory.flows.report import markdown_table
 from mathfactory.tasks.storage import Lake
 
 
@@ -236,14 +237,18 @@ def write(lake: Lake, summary: dict) -> str:
     return lake.write_file(f"{folder}/report.html", render(summary, figures).encode())
 
 
-def publish(summary: dict, url: str) -> str:
-    """The tables as a markdown artifact in the Prefect UI, pointing at the HTML report."""
-    from prefect.artifacts import create_markdown_artifact
-
+def markdown(summary: dict, url: str) -> str:
+    """The report's tables as markdown, pointing at the HTML report."""
     lines = [f"# experiment {summary['name']}", f"report: `{url}`", ""]
     for title, (headers, rows) in tables(summary).items():
-        lines += [f"## {title}", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-                  *("| " + " | ".join(r) + " |" for r in rows), ""]
+        lines += [f"## {title}", "", *markdown_table(headers, rows), ""]
+    return "\n".join(lines)
+
+
+def publish(summary: dict, url: str) -> str:
+    """The tables as a markdown artifact in the Prefect UI."""
+    from prefect.artifacts import create_markdown_artifact
+
     key = re.sub(r"[^a-z0-9-]", "-", f"mathfactory-experiment-{summary['name']}".lower())
-    create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"experiment {summary['name']}")
+    create_markdown_artifact(key=key, markdown=markdown(summary, url), description=f"experiment {summary['name']}")
     return key

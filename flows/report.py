@@ -221,12 +221,19 @@ def print_tables(console: Console, lake: Lake, run_id: str) -> None:
         console.print(line, highlight=False)
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A GitHub-flavoured markdown table's lines. A `|` inside a cell (`|D_syn| 64`) is escaped: unescaped, it
+    splits the cell, the header no longer matches the separator, and the Prefect UI shows the rows as text."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return [line(headers), "|" + "---|" * len(headers), *map(line, rows)]
+
+
 def markdown(lake: Lake, run_id: str) -> str:
     parts = []
     for title, headers, rows in tables(lake, run_id):
-        lines = [f"### {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-        parts.append("\n".join(lines))
+        parts.append("\n".join([f"### {title}", "", *markdown_table(headers, rows)]))
     line = cost_line(lake.stages(run_id))
     return "\n\n".join(parts + ([line] if line else [])) + "\n"
 

@@ -6,9 +6,17 @@ import json
 import numpy as np
 import pydantic
 import pytest
+from markdown_it import MarkdownIt
 
 from mathfactory.flows.experiment import ExperimentConfig, cell_config, fitted_cells
-from mathfactory.flows.experiment_report import from_checkpoints_png, q_png, render, scaling_png, tables
+from mathfactory.flows.experiment_report import (
+    from_checkpoints_png,
+    markdown,
+    q_png,
+    render,
+    scaling_png,
+    tables,
+)
 from mathfactory.tasks.core.scaling import bootstrap
 
 
@@ -41,6 +49,25 @@ def test_a_size_sweep_reports_exponents_multipliers_and_paired_gains():
     assert scaling_png(summary).startswith(b"\x89PNG")
     (headers, cost), = (v for title, v in t.items() if title.startswith("Cost per cell"))
     assert cost[0] == ["64/0", "1.6", "60", "30", "0", "0", "6", "10", "2,200"]
+
+
+def test_the_prefect_artifact_renders_every_table_as_a_table_with_its_columns():
+    summary = _summary("size", [64, 128, 256])
+    t = tables(summary)  # their headers say |D_syn|: a pipe that must not split a cell
+    assert any("|" in h for headers, _ in t.values() for h in headers)
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown(summary, "file:///r.html"))
+    rendered, row = [], None
+    for tok in tokens:
+        if tok.type == "table_open":
+            rendered.append([])
+        elif tok.type == "tr_open":
+            row = []
+        elif tok.type == "inline" and row is not None:
+            row.append(tok.content)
+        elif tok.type == "tr_close":
+            rendered[-1].append(row)
+            row = None
+    assert rendered == [[headers, *rows] for headers, rows in t.values()]
 
 
 def test_a_checkpoint_sweep_reports_the_critical_step_not_a_power_law():
