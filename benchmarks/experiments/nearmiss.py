@@ -8,7 +8,7 @@ sometimes solves (`credit.unsolved=false`), M = 8. Both cells train pi_sft with 
 so their SFT rows should agree; every model is scored on the same 1,002 held-out problems, and each per-step DPO
 model's gain over SFT is paired on them, with a bootstrap interval over problems (and seeds).
 
-    .venv/bin/python benchmarks/experiments/nearmiss.py --lake ./lake [--seeds 0 1]    (after the sweep; ~25 min a seed)
+    .venv/bin/python benchmarks/experiments/nearmiss.py --lake ./lake [--seeds 0 1]    (after the sweep; 14-15 min a seed)
 """
 
 from __future__ import annotations
