@@ -3,12 +3,12 @@
 At |D_syn| = 1,024 the toy sweep's per-step DPO was within noise of SFT. Its credit said why: more than half the
 wrong rollouts were of questions pi_sft never solved in 4 samples, where Q is 0 from step 1, so the "pit" is step 1
 by construction; and M = 4 misplaced more pits (Q rising above 0 after one). This runs the sweep's largest cell
-(read from the finished sweep's summary in the lake) beside the same cell with the credit the method assumes: only questions the policy
-sometimes solves (`credit.unsolved=false`), M = 8. Both cells train pi_sft with the same seed from the same base,
+(read from the finished sweep's summary in the lake) beside the same cell with the credit the method assumes:
+only questions the policy sometimes solves (`credit.unsolved=false`), M = 8. Both cells train pi_sft with the same seed from the same base,
 so their SFT rows should agree; every model is scored on the same 1,002 held-out problems, and each per-step DPO
 model's gain over SFT is paired on them, with a bootstrap interval over problems (and seeds).
 
-    .venv/bin/python benchmarks/experiments/nearmiss.py --lake ./lake [--seeds 0 1]    (after the sweep; 14-15 min a seed)
+    .venv/bin/python benchmarks/experiments/nearmiss.py --lake ./lake [--seeds 0 1]   (after the sweep; 14-15 min/seed)
 """
 
 from __future__ import annotations

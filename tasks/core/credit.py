@@ -15,8 +15,9 @@ continuation. A probe stopped early is not an estimate of Q: its row has q = Non
 and an advantage A_i = Q_i - Q_{i-1} is taken only between two steps that have one.
 
 Every wrong rollout with steps is credited, those of questions the policy never solved included (unless the
-stage's `unsolved` option leaves them out): their Q_0 = 0 is an estimate, not an error. linear and scan do not need Q_0 > 0; binary search assumes it (every question has a
-reference solution, so it is solvable) and ends at step 1 when no probed step succeeds.
+stage's `unsolved` option leaves them out): their Q_0 = 0 is an estimate, not an error. linear and scan do not
+need Q_0 > 0; binary search assumes it (every question has a reference solution, so it is solvable) and ends at
+step 1 when no probed step succeeds.
 
 The pit of a wrong rollout, by rule (`PIT_RULES`):
 - first_zero: the first step none of whose continuations verified (Self-Explore's first pit; Setlur et al.'s
